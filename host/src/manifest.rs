@@ -1,0 +1,1 @@
+//! manifest stage (in progress).
