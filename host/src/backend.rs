@@ -1,1 +1,267 @@
-//! backend stage (in progress).
+//! Backend stage: finds, loads and calls native backend libraries through the versioned C ABI of
+//! `vlsbench-plugin-api`.
+//!
+//! A library is loaded once per process and never unloaded. Its ABI version is checked before any
+//! other call: the same major and a minor up to ours, else an error naming both versions and the
+//! file. Every error a backend returns is prefixed with its name and version.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use vlsbench_plugin_api::abi::{self, BackendTable, EntryFn};
+use vlsbench_plugin_api::{
+    ABI_MAJOR, ABI_MINOR, BackendConfig, BackendError, BackendInfo, ENTRY_SYMBOL, GenerateRequest, Generation,
+    ItemResult,
+};
+
+/// File-name prefix of backend libraries on the plugin path (`libvlsbench_backend_openai.so`).
+pub const LIBRARY_PREFIX: &str = "vlsbench_backend_";
+
+/// Why a backend library could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendLoadError {
+    #[error("{path}: cannot load library: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("{path}: not a vlsbench backend (no `vlsbench_backend_entry` symbol)")]
+    NotABackend { path: PathBuf },
+    #[error(
+        "{path}: backend ABI version {plugin_major}.{plugin_minor} is not supported by this host (ABI {host_major}.{host_minor}; a plugin needs major {host_major} and minor <= {host_minor})"
+    )]
+    AbiMismatch { path: PathBuf, plugin_major: u16, plugin_minor: u16, host_major: u16, host_minor: u16 },
+    #[error("{path}: describe failed: {source}")]
+    Describe { path: PathBuf, source: BackendError },
+    #[error("no backend for arch `{arch}` on the plugin path ({searched}); found: {found}")]
+    NoBackendForArch { arch: String, searched: String, found: String },
+    #[error("no backend named `{name}` on the plugin path ({searched})")]
+    NoBackendNamed { name: String, searched: String },
+    #[error("backend {name} {version} ({path}) does not declare arch `{arch}` (it serves: {archs})")]
+    ArchNotServed { name: String, version: String, path: PathBuf, arch: String, archs: String },
+}
+
+/// A loaded, version-checked backend library.
+#[derive(Debug, Clone)]
+pub struct BackendLibrary {
+    pub path: PathBuf,
+    pub info: BackendInfo,
+    pub abi: (u16, u16),
+    table: &'static BackendTable,
+}
+
+impl BackendLibrary {
+    /// `name version`, the prefix of its errors.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.info.name, self.info.version)
+    }
+}
+
+fn loaded() -> &'static Mutex<HashMap<PathBuf, BackendLibrary>> {
+    static LOADED: OnceLock<Mutex<HashMap<PathBuf, BackendLibrary>>> = OnceLock::new();
+    LOADED.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Loads (once) the backend library at `path` and checks its ABI version.
+pub fn load_library(path: &Path) -> Result<BackendLibrary, BackendLoadError> {
+    let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let mut cache = loaded().lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(lib) = cache.get(&key) {
+        return Ok(lib.clone());
+    }
+    // SAFETY: loading a native library runs its initialisers; backends are trusted code that the
+    // user installed, like any native library.
+    let library = unsafe { libloading::Library::new(&key) }
+        .map_err(|e| BackendLoadError::Open { path: key.clone(), message: e.to_string() })?;
+    // Never unloaded: tables and instances keep pointing into it.
+    let library: &'static libloading::Library = Box::leak(Box::new(library));
+    // SAFETY: the symbol's type is fixed by the ABI.
+    let entry: libloading::Symbol<'static, EntryFn> = unsafe { library.get(ENTRY_SYMBOL) }
+        .map_err(|_| BackendLoadError::NotABackend { path: key.clone() })?;
+    // SAFETY: the entry point takes nothing and returns a pointer to a static table.
+    let table_ptr = unsafe { entry() };
+    if table_ptr.is_null() {
+        return Err(BackendLoadError::NotABackend { path: key });
+    }
+    // SAFETY: the first two fields of every ABI version's table are the version numbers.
+    let (major, minor) = unsafe { ((*table_ptr).abi_major, (*table_ptr).abi_minor) };
+    if major != ABI_MAJOR || minor > ABI_MINOR {
+        return Err(BackendLoadError::AbiMismatch {
+            path: key,
+            plugin_major: major,
+            plugin_minor: minor,
+            host_major: ABI_MAJOR,
+            host_minor: ABI_MINOR,
+        });
+    }
+    // SAFETY: version checked; the table is static in a library that is never unloaded.
+    let table: &'static BackendTable = unsafe { &*table_ptr };
+    // SAFETY: as above.
+    let info = unsafe { abi::host::describe(table) }
+        .map_err(|source| BackendLoadError::Describe { path: key.clone(), source })?;
+    let lib = BackendLibrary { path: key.clone(), info, abi: (major, minor), table };
+    cache.insert(key, lib.clone());
+    Ok(lib)
+}
+
+/// The folders searched for plugins, in order: `extra` (the `--plugin-path` flag), then
+/// `VLSBENCH_PLUGIN_PATH`, then the folder of this executable and the workspace's judge build folder
+/// beside it.
+pub fn search_path(extra: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = extra.to_vec();
+    if let Some(var) = std::env::var_os("VLSBENCH_PLUGIN_PATH") {
+        dirs.extend(std::env::split_paths(&var).filter(|p| !p.as_os_str().is_empty()));
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        dirs.push(dir.to_path_buf());
+        // Integration tests run from target/<profile>/deps.
+        if dir.file_name().is_some_and(|n| n == "deps")
+            && let Some(parent) = dir.parent()
+        {
+            dirs.push(parent.to_path_buf());
+        }
+        if let Some(target) = dirs.last().and_then(|d| d.parent()).map(Path::to_path_buf) {
+            dirs.push(target.join("wasm32-wasip2").join("release"));
+        }
+    }
+    let mut unique = Vec::new();
+    for d in dirs {
+        if !unique.contains(&d) {
+            unique.push(d);
+        }
+    }
+    unique
+}
+
+fn describe_dirs(dirs: &[PathBuf]) -> String {
+    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Backend library files on the search path (by file name, not loaded).
+pub fn library_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let mut here: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let stem = name.strip_prefix("lib").unwrap_or(&name);
+                stem.starts_with(LIBRARY_PREFIX)
+                    && (name.ends_with(".so") || name.ends_with(".dylib") || name.ends_with(".dll"))
+            })
+            .collect();
+        here.sort();
+        files.extend(here);
+    }
+    files
+}
+
+/// Loads every backend library on the search path; failures are returned beside the successes.
+pub fn discover(dirs: &[PathBuf]) -> Vec<Result<BackendLibrary, BackendLoadError>> {
+    library_files(dirs).iter().map(|p| load_library(p)).collect()
+}
+
+fn looks_like_path(s: &str) -> bool {
+    s.contains('/') || s.contains('\\') || s.ends_with(".so") || s.ends_with(".dylib") || s.ends_with(".dll")
+}
+
+/// Finds the backend for `arch`: the library `backend` names (a path, or a backend name on the
+/// search path), else the first library on the search path that declares `arch`.
+pub fn find(
+    arch: &str,
+    backend: Option<&str>,
+    base_dir: &Path,
+    dirs: &[PathBuf],
+) -> Result<BackendLibrary, BackendLoadError> {
+    let lib = match backend {
+        Some(b) if looks_like_path(b) => {
+            let p = Path::new(b);
+            load_library(&if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) })?
+        }
+        Some(name) => discover(dirs)
+            .into_iter()
+            .filter_map(Result::ok)
+            .find(|l| l.info.name == name)
+            .ok_or_else(|| BackendLoadError::NoBackendNamed { name: name.to_string(), searched: describe_dirs(dirs) })?,
+        None => {
+            let all = discover(dirs);
+            let found: Vec<String> = all
+                .iter()
+                .filter_map(|r| r.as_ref().ok())
+                .map(|l| format!("{} [{}]", l.info.name, l.info.archs.join(", ")))
+                .collect();
+            return all.into_iter().filter_map(Result::ok).find(|l| l.info.archs.iter().any(|a| a == arch)).ok_or_else(
+                || BackendLoadError::NoBackendForArch {
+                    arch: arch.to_string(),
+                    searched: describe_dirs(dirs),
+                    found: if found.is_empty() { "none".into() } else { found.join("; ") },
+                },
+            );
+        }
+    };
+    if !lib.info.archs.iter().any(|a| a == arch) {
+        return Err(BackendLoadError::ArchNotServed {
+            name: lib.info.name.clone(),
+            version: lib.info.version.clone(),
+            path: lib.path.clone(),
+            arch: arch.to_string(),
+            archs: lib.info.archs.join(", "),
+        });
+    }
+    Ok(lib)
+}
+
+/// A created backend instance, ready to serve requests.
+pub struct Backend {
+    library: BackendLibrary,
+    instance: abi::host::Instance,
+    /// Held around calls when the backend says it is not concurrent.
+    serial: Option<Mutex<()>>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").field("library", &self.library.path).finish_non_exhaustive()
+    }
+}
+
+impl Backend {
+    /// Creates an instance (loads the model, builds the client).
+    pub fn create(library: BackendLibrary, config: &BackendConfig) -> Result<Self, BackendError> {
+        // SAFETY: the table comes from a loaded, version-checked library that is never unloaded.
+        let instance =
+            unsafe { abi::host::Instance::create(library.table, config) }.map_err(|e| prefix(&library, e))?;
+        let serial = (!library.info.concurrent).then(|| Mutex::new(()));
+        Ok(Self { library, instance, serial })
+    }
+
+    pub fn library(&self) -> &BackendLibrary {
+        &self.library
+    }
+
+    /// Sends a batch; one result per request, each error prefixed with the backend's name.
+    pub fn generate(&self, requests: &[GenerateRequest]) -> Result<Vec<Result<Generation, BackendError>>, BackendError> {
+        let _guard = self.serial.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
+        let results = self.instance.generate(requests).map_err(|e| prefix(&self.library, e))?;
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                ItemResult::Ok(g) => Ok(g),
+                ItemResult::Err(e) => Err(prefix(&self.library, e)),
+            })
+            .collect())
+    }
+
+    /// Sends one request.
+    pub fn generate_one(&self, request: &GenerateRequest) -> Result<Generation, BackendError> {
+        let mut results = self.generate(std::slice::from_ref(request))?;
+        results.pop().unwrap_or_else(|| Err(BackendError::model_failure("backend returned no result")))
+    }
+}
+
+fn prefix(lib: &BackendLibrary, mut e: BackendError) -> BackendError {
+    e.message = format!("{}: {}", lib.label(), e.message);
+    e
+}

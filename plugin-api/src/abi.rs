@@ -237,6 +237,12 @@ pub unsafe extern "C" fn free_buffer_impl(buffer: RawBuffer) {
     drop(unsafe { Vec::from_raw_parts(buffer.ptr, buffer.len, buffer.cap) });
 }
 
+impl std::fmt::Debug for BackendTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTable").field("abi_major", &self.abi_major).field("abi_minor", &self.abi_minor).finish()
+    }
+}
+
 impl BackendTable {
     /// The table for backend type `B`, at this crate's ABI version.
     pub const fn for_backend<B: Backend>() -> Self {
