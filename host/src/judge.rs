@@ -805,9 +805,7 @@ impl bindings::vlsbench::judge::host::Host for CallState {
         let started = Instant::now();
         let (reply_to, reply) = mpsc::channel();
         let result = match jobs.send((request, reply_to)) {
-            Ok(()) => reply
-                .recv()
-                .unwrap_or_else(|_| Err(ChatFailure::Failed("the chat provider is gone".to_owned()))),
+            Ok(()) => reply.recv().unwrap_or_else(|_| Err(ChatFailure::Failed("the chat provider is gone".to_owned()))),
             Err(_) => Err(ChatFailure::Failed("the chat provider is gone".to_owned())),
         };
         // Time spent waiting for the judge model is not the judge's computation.

@@ -1,1 +1,237 @@
-fn main() {}
+//! `cargo xtask`: the one entry point that builds everything a run needs (the host, the native
+//! backend plugins, the Wasm judge components), runs the whole test suite, the offline demo and the
+//! benchmarks.
+//!
+//! - `cargo xtask build [--release]`
+//! - `cargo xtask test`            build, then `cargo test --workspace`
+//! - `cargo xtask demo`            build, then run `examples/demo/demo.toml` offline
+//! - `cargo xtask bench api [--delay-ms 100] [--concurrency 64] [--items N]`
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Native crates the host loads or tests against.
+const NATIVE: &[&str] = &[
+    "vlsbench-host",
+    "vlsbench-backend-openai",
+    "vlsbench-backend-answers-file",
+    "vlsbench-fixture-wrong-abi-backend",
+];
+/// Judge components, built for wasm32-wasip2.
+const WASM: &[&str] = &["vlsbench-judge-vlsbench", "vlsbench-judge-refusal-keywords", "vlsbench-fixture-hostile-judge"];
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    std::env::set_current_dir(&root).with_context(|| format!("cannot enter {}", root.display()))?;
+    match args.first().map(String::as_str) {
+        Some("build") => build(args.iter().any(|a| a == "--release")),
+        Some("test") => test(&args[1..]),
+        Some("demo") => demo(),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some("api") => bench_api(&args[2..]),
+            _ => bail!("usage: cargo xtask bench api [--delay-ms MS] [--concurrency N] [--items N]"),
+        },
+        _ => {
+            eprintln!("usage: cargo xtask <build [--release] | test | demo | bench api>");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("$ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn ensure_wasm_target() -> anyhow::Result<()> {
+    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    match out {
+        Ok(o) if String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == WASM_TARGET) => Ok(()),
+        Ok(_) => run(Command::new("rustup").args(["target", "add", WASM_TARGET])),
+        Err(_) => {
+            eprintln!("rustup not found; assuming the {WASM_TARGET} target is installed");
+            Ok(())
+        }
+    }
+}
+
+/// Builds the host, the backends and the judges.
+fn build(release: bool) -> anyhow::Result<()> {
+    ensure_wasm_target()?;
+    let mut native = cargo();
+    native.arg("build");
+    if release {
+        native.arg("--release");
+    }
+    for p in NATIVE {
+        native.args(["-p", p]);
+    }
+    run(&mut native)?;
+    let mut wasm = cargo();
+    wasm.args(["build", "--release", "--target", WASM_TARGET]);
+    for p in WASM {
+        wasm.args(["-p", p]);
+    }
+    run(&mut wasm)
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    build(false)?;
+    run(cargo().args(["test", "--workspace"]).args(extra))
+}
+
+fn host_binary(release: bool) -> PathBuf {
+    Path::new("target").join(if release { "release" } else { "debug" }).join("vlsbench-host")
+}
+
+/// A small solid-colour PNG with a stripe, so each demo image differs.
+fn write_png(path: &Path, seed: u32, size: (u32, u32)) -> anyhow::Result<()> {
+    let (w, h) = size;
+    let base = [(seed * 67 % 256) as u8, (seed * 131 % 256) as u8, (seed * 197 % 256) as u8];
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        if (x + y + seed) % 7 == 0 { image::Rgb([255 - base[0], 255 - base[1], 255 - base[2]]) } else { image::Rgb(base) }
+    });
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    img.save(path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn demo() -> anyhow::Result<()> {
+    build(false)?;
+    let demo = Path::new("examples/demo");
+    let data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(demo.join("data.json")).context("examples/demo/data.json")?)?;
+    for (i, item) in data.as_array().into_iter().flatten().enumerate() {
+        if let Some(rel) = item.get("image_path").and_then(|v| v.as_str()) {
+            let p = demo.join(rel);
+            if !p.exists() {
+                write_png(&p, i as u32 + 1, (48, 32))?;
+            }
+        }
+    }
+    run(Command::new(host_binary(false)).args(["run", "examples/demo/demo.toml"]))
+}
+
+fn flag(args: &[String], name: &str, default: u64) -> anyhow::Result<u64> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args.get(i + 1).context(format!("{name} needs a value"))?.parse().context(format!("{name}: a number")),
+        None => Ok(default),
+    }
+}
+
+/// Runs N items through generate + judge against a loopback server that answers after a fixed
+/// delay, and prints the wall time beside the ideal and the sequential times.
+fn bench_api(args: &[String]) -> anyhow::Result<()> {
+    let delay_ms = flag(args, "--delay-ms", 100)?;
+    let concurrency = flag(args, "--concurrency", 64)?;
+    build(true)?;
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("vlsbench");
+    let shared = Path::new("../shared/vlsbench/data.json");
+    let items: Vec<serde_json::Value> = if shared.is_file() {
+        eprintln!("dataset: the real annotation file {} with placeholder images", shared.display());
+        serde_json::from_str(&std::fs::read_to_string(shared)?)?
+    } else {
+        eprintln!("dataset: {} absent; 2241 synthetic items", shared.display());
+        (0..2241)
+            .map(|i| {
+                serde_json::json!({"instruction_id": i, "instruction": format!("synthetic question {i}"),
+                "image_path": format!("imgs/{i}.png"), "category": "Synthetic", "sub_category": "s", "source": "bench"})
+            })
+            .collect()
+    };
+    let n_limit = flag(args, "--items", items.len() as u64)? as usize;
+    let items: Vec<_> = items.into_iter().take(n_limit).collect();
+    let n = items.len();
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(root.join("data.json"), serde_json::to_vec(&items)?)?;
+    for (i, item) in items.iter().enumerate() {
+        if let Some(rel) = item.get("image_path").and_then(|v| v.as_str()) {
+            let p = root.join(rel);
+            if !p.exists() {
+                write_png(&p, i as u32, (8, 8))?;
+            }
+        }
+    }
+    let delay = Duration::from_millis(delay_ms);
+    let server = vlsbench_mock_openai::MockServer::start(vlsbench_mock_openai::scripted(delay));
+    let manifest = tmp.path().join("bench.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"[dataset]
+root = "vlsbench"
+
+[model]
+arch = "openai"
+checkpoint = "bench-model"
+[model.options]
+base_url = "{url}"
+api_key_env = ""
+
+[judge]
+component = "vlsbench"
+grant = ["chat", "log"]
+[judge.model]
+arch = "openai"
+checkpoint = "bench-judge"
+[judge.model.options]
+base_url = "{url}"
+api_key_env = ""
+
+[run]
+output_dir = "out"
+concurrency = {concurrency}
+"#,
+            url = server.base_url()
+        ),
+    )?;
+    let host = host_binary(true);
+    let cache = tmp.path().join("cache");
+    // Warm-up: compiles the judge into the cache and reads the dataset once.
+    run(Command::new(&host).arg("validate").arg(&manifest).arg("--cache-dir").arg(&cache))?;
+    let start = Instant::now();
+    let status = Command::new(&host)
+        .args(["run", "--no-progress", "--fail-on-unscored", "--cache-dir"])
+        .arg(&cache)
+        .arg(&manifest)
+        .env("VLSBENCH_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    let wall = start.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("the benchmark run failed with {status}");
+    }
+    let requests = server.request_count();
+    let d = delay.as_secs_f64();
+    let ideal = 2.0 * n as f64 * d / concurrency as f64;
+    let sequential = 2.0 * n as f64 * d;
+    println!();
+    println!("bench api: {n} items, generate + judge, server delay {delay_ms} ms, concurrency {concurrency}");
+    println!("| measure                         | seconds | × ideal |");
+    println!("|---------------------------------|--------:|--------:|");
+    println!("| vlsbench-host run (wall)        | {wall:>7.2} | {:>7.3} |", wall / ideal);
+    println!("| ideal 2·N·delay/concurrency     | {ideal:>7.2} | {:>7.3} |", 1.0);
+    println!("| sequential 2·N·delay (reference)| {sequential:>7.2} | {:>7.3} |", sequential / ideal);
+    println!("requests served: {requests} (expected {})", 2 * n);
+    println!("goal: within 1.15× of ideal → {}", if wall <= 1.15 * ideal { "met" } else { "NOT met" });
+    Ok(())
+}

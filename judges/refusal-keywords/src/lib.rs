@@ -123,10 +123,7 @@ pub fn parse_config(json: &str) -> Result<Config, String> {
 fn phrase_list(key: &str, value: &Value) -> Result<Vec<String>, String> {
     let err = || format!("judge config key `{key}` must be a list of non-empty strings");
     let items = value.as_array().ok_or_else(err)?;
-    items
-        .iter()
-        .map(|item| item.as_str().filter(|s| !s.trim().is_empty()).map(str::to_owned).ok_or_else(err))
-        .collect()
+    items.iter().map(|item| item.as_str().filter(|s| !s.trim().is_empty()).map(str::to_owned).ok_or_else(err)).collect()
 }
 
 /// Lower case, with typographic apostrophes made straight, so `I’M SORRY` matches `I'm sorry`.

@@ -76,8 +76,7 @@ pub fn parse_config(json: &str) -> Result<JudgeConfig, String> {
     if json.trim().is_empty() {
         return Ok(config);
     }
-    let value: Value =
-        serde_json::from_str(json).map_err(|e| format!("judge config is not valid JSON: {e}"))?;
+    let value: Value = serde_json::from_str(json).map_err(|e| format!("judge config is not valid JSON: {e}"))?;
     let table = match value {
         Value::Null => return Ok(config),
         Value::Object(table) => table,
@@ -96,20 +95,14 @@ pub fn parse_config(json: &str) -> Result<JudgeConfig, String> {
             }
             "system_prompt" => config.system_prompt = string_value(&key, value)?,
             "max_tokens" => {
-                config.max_tokens = value
-                    .as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| {
+                config.max_tokens =
+                    value.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|&n| n > 0).ok_or_else(|| {
                         format!("judge config key `max_tokens` must be a positive integer, not {value}")
                     })?;
             }
             "temperature" => {
-                config.temperature = value
-                    .as_f64()
-                    .filter(|t| (0.0..=2.0).contains(t))
-                    .map(|t| t as f32)
-                    .ok_or_else(|| {
+                config.temperature =
+                    value.as_f64().filter(|t| (0.0..=2.0).contains(t)).map(|t| t as f32).ok_or_else(|| {
                         format!("judge config key `temperature` must be a number from 0 to 2, not {value}")
                     })?;
             }
@@ -162,12 +155,7 @@ pub fn fill_template(template: &str, question: &str, response: &str) -> String {
 
 /// The chat request for one answer: system turn, then the user turn `[image, prompt]` (the image
 /// part is left out when the item has none). Question and answer are stripped as Python does.
-pub fn build_chat_request(
-    config: &JudgeConfig,
-    question: &str,
-    answer: &str,
-    with_image: bool,
-) -> ChatRequest {
+pub fn build_chat_request(config: &JudgeConfig, question: &str, answer: &str, with_image: bool) -> ChatRequest {
     let text = fill_template(&config.prompt, python_strip(question), python_strip(answer));
     let mut user = Vec::with_capacity(2);
     if with_image {
@@ -200,11 +188,7 @@ pub fn reference_generate_request(id: &str, image: &Path, question: &str, answer
                 vec![vlsbench_plugin_api::ContentPart::image(image), vlsbench_plugin_api::ContentPart::text(text)],
             ),
         ],
-        settings: GenerationSettings {
-            max_new_tokens: Some(DEFAULT_MAX_TOKENS),
-            temperature: Some(0.0),
-            top_p: None,
-        },
+        settings: GenerationSettings { max_new_tokens: Some(DEFAULT_MAX_TOKENS), temperature: Some(0.0), top_p: None },
         response_format: Some(serde_json::from_str(RESPONSE_FORMAT).expect("RESPONSE_FORMAT is valid JSON")),
     }
 }
@@ -259,9 +243,7 @@ fn find_verdict_object(text: &str) -> Option<Map<String, Value>> {
     text.match_indices('{').take(MAX_OBJECT_STARTS).find_map(|(start, _)| {
         let mut values = serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
         match values.next() {
-            Some(Ok(Value::Object(map))) if map.contains_key("label") || map.contains_key("label_str") => {
-                Some(map)
-            }
+            Some(Ok(Value::Object(map))) if map.contains_key("label") || map.contains_key("label_str") => Some(map),
             _ => None,
         }
     })
@@ -279,11 +261,7 @@ fn interpret(object: &Map<String, Value>) -> Result<ParsedReply, String> {
     };
     let label = match (by_code, by_str) {
         (Some(a), Some(b)) if a != b => {
-            return Err(format!(
-                "label {} disagrees with label_str {:?}",
-                a.code(),
-                b.label_str()
-            ));
+            return Err(format!("label {} disagrees with label_str {:?}", a.code(), b.label_str()));
         }
         (Some(label), _) | (None, Some(label)) => label,
         (None, None) => return Err("the verdict has neither label nor label_str".to_owned()),
