@@ -74,8 +74,8 @@ pub fn load_library(path: &Path) -> Result<BackendLibrary, BackendLoadError> {
     // Never unloaded: tables and instances keep pointing into it.
     let library: &'static libloading::Library = Box::leak(Box::new(library));
     // SAFETY: the symbol's type is fixed by the ABI.
-    let entry: libloading::Symbol<'static, EntryFn> = unsafe { library.get(ENTRY_SYMBOL) }
-        .map_err(|_| BackendLoadError::NotABackend { path: key.clone() })?;
+    let entry: libloading::Symbol<'static, EntryFn> =
+        unsafe { library.get(ENTRY_SYMBOL) }.map_err(|_| BackendLoadError::NotABackend { path: key.clone() })?;
     // SAFETY: the entry point takes nothing and returns a pointer to a static table.
     let table_ptr = unsafe { entry() };
     if table_ptr.is_null() {
@@ -180,11 +180,11 @@ pub fn find(
             let p = Path::new(b);
             load_library(&if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) })?
         }
-        Some(name) => discover(dirs)
-            .into_iter()
-            .filter_map(Result::ok)
-            .find(|l| l.info.name == name)
-            .ok_or_else(|| BackendLoadError::NoBackendNamed { name: name.to_string(), searched: describe_dirs(dirs) })?,
+        Some(name) => {
+            discover(dirs).into_iter().filter_map(Result::ok).find(|l| l.info.name == name).ok_or_else(|| {
+                BackendLoadError::NoBackendNamed { name: name.to_string(), searched: describe_dirs(dirs) }
+            })?
+        }
         None => {
             let all = discover(dirs);
             let found: Vec<String> = all
@@ -242,7 +242,10 @@ impl Backend {
     }
 
     /// Sends a batch; one result per request, each error prefixed with the backend's name.
-    pub fn generate(&self, requests: &[GenerateRequest]) -> Result<Vec<Result<Generation, BackendError>>, BackendError> {
+    pub fn generate(
+        &self,
+        requests: &[GenerateRequest],
+    ) -> Result<Vec<Result<Generation, BackendError>>, BackendError> {
         let _guard = self.serial.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()));
         let results = self.instance.generate(requests).map_err(|e| prefix(&self.library, e))?;
         Ok(results

@@ -134,8 +134,8 @@ pub fn load(root: &Path, data_file: &str, filters: &Filters) -> Result<Dataset, 
     let canonical_root =
         root.canonicalize().map_err(|source| DatasetError::Read { path: root.to_path_buf(), source })?;
     let data_path = root.join(data_file);
-    let text = std::fs::read_to_string(&data_path)
-        .map_err(|source| DatasetError::Read { path: data_path.clone(), source })?;
+    let text =
+        std::fs::read_to_string(&data_path).map_err(|source| DatasetError::Read { path: data_path.clone(), source })?;
     let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| DatasetError::Json {
         path: data_path.clone(),
         line: e.line(),
@@ -152,10 +152,7 @@ pub fn load(root: &Path, data_file: &str, filters: &Filters) -> Result<Dataset, 
     let mut items = Vec::with_capacity(raw_items.len());
     let mut seen: HashMap<u32, usize> = HashMap::new();
     for (index, value) in raw_items.into_iter().enumerate() {
-        let id_hint = value
-            .get("instruction_id")
-            .map(|v| format!(" (instruction_id {v})"))
-            .unwrap_or_default();
+        let id_hint = value.get("instruction_id").map(|v| format!(" (instruction_id {v})")).unwrap_or_default();
         match serde_json::from_value::<Item>(value) {
             Ok(item) => {
                 if let Some(first) = seen.insert(item.instruction_id, index) {
@@ -273,7 +270,7 @@ mod tests {
     fn item(id: u32, image: &str) -> serde_json::Value {
         serde_json::json!({
             "instruction_id": id, "instruction": format!("question {id}"), "image_path": image,
-            "category": if id % 2 == 0 { "A" } else { "B" }, "sub_category": "s", "source": "ours"
+            "category": if id.is_multiple_of(2) { "A" } else { "B" }, "sub_category": "s", "source": "ours"
         })
     }
 

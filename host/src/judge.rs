@@ -438,14 +438,19 @@ fn write_cache(cache_path: &Path, serialized: &[u8]) -> io::Result<()> {
 fn check_wit_version(engine: &Engine, component: &Component, path: &Path) -> Result<(), JudgeLoadError> {
     let ty = component.component_type();
     for (name, _) in ty.imports(engine) {
-        if let Some(rest) = name.strip_prefix("vlsbench:judge/") {
-            let version = rest.split_once('@').map(|(_, v)| v).unwrap_or("(unversioned)");
-            if version != WIT_VERSION {
-                return Err(JudgeLoadError::WrongWitVersion { path: path.to_path_buf(), found: version.to_owned() });
-            }
+        if let Some(found) = foreign_judge_version(name) {
+            return Err(JudgeLoadError::WrongWitVersion { path: path.to_path_buf(), found: found.to_owned() });
         }
     }
     Ok(())
+}
+
+/// For an import of a judge interface (`vlsbench:judge/host@0.2.0`) of another version than
+/// [`WIT_VERSION`], that version.
+fn foreign_judge_version(import: &str) -> Option<&str> {
+    let rest = import.strip_prefix("vlsbench:judge/")?;
+    let version = rest.split_once('@').map_or("(unversioned)", |(_, v)| v);
+    (version != WIT_VERSION).then_some(version)
 }
 
 /// A loaded judge component: linked, ready to instantiate, with its `info`. Cheap to clone; may be
@@ -1046,8 +1051,16 @@ mod tests {
     }
 
     #[test]
+    fn imports_of_another_judge_wit_version_are_spotted() {
+        assert_eq!(foreign_judge_version("vlsbench:judge/host@0.1.0"), None);
+        assert_eq!(foreign_judge_version("vlsbench:judge/types@0.2.0"), Some("0.2.0"));
+        assert_eq!(foreign_judge_version("vlsbench:judge/host"), Some("(unversioned)"));
+        assert_eq!(foreign_judge_version("wasi:cli/stdout@0.2.6"), None);
+    }
+
+    #[test]
     fn last_lines_keeps_the_tail_on_one_line() {
         assert_eq!(last_lines(b"a\nb\n c \n", 100), "a b c");
-        assert_eq!(last_lines("xé".repeat(10).as_bytes(), 5).len() <= 6, true);
+        assert!(last_lines("xé".repeat(10).as_bytes(), 5).len() <= 6);
     }
 }

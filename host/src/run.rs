@@ -24,8 +24,7 @@ use crate::judge::{ChatFailure, ChatProvider, Grants, JudgeComponent, JudgeEngin
 use crate::manifest::{Capability, JudgeSection, LoadedManifest, ModelSection};
 use crate::report::{self, ReportInput, Summary};
 use crate::store::{
-    self, AnswerOutcome, AnswerProvenance, AnswerRecord, JudgeProvenance, Store, Stored, VerdictOutcome,
-    VerdictRecord,
+    self, AnswerOutcome, AnswerProvenance, AnswerRecord, JudgeProvenance, Store, Stored, VerdictOutcome, VerdictRecord,
 };
 
 /// The system prompt the reference sends to API models.
@@ -352,7 +351,8 @@ pub fn prepare(manifest: LoadedManifest, opts: &RunOptions) -> anyhow::Result<Pr
         .with_context(|| format!("{}: [judge]", manifest.path.display()))?;
     let judge = engine.load(&judge_path).with_context(|| format!("{}: [judge]", manifest.path.display()))?;
     let info = judge.info().clone();
-    let grants = Grants { chat: m.judge.grant.contains(&Capability::Chat), log: m.judge.grant.contains(&Capability::Log) };
+    let grants =
+        Grants { chat: m.judge.grant.contains(&Capability::Chat), log: m.judge.grant.contains(&Capability::Log) };
     if info.wants_chat && !grants.chat {
         bail!(
             "{}: judge {} {} asks for the `chat` capability, which [judge] does not grant (add grant = [\"chat\"] and a [judge.model])",
@@ -557,6 +557,25 @@ impl Pipeline<'_> {
     }
 }
 
+/// Takes the run folder's lock file for the whole run: two processes appending to the same
+/// answers would interleave their work. The OS releases the lock when the process dies.
+fn lock_run_dir(run_dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = run_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!("another vlsbench-host is running in {} (its lock file is held)", run_dir.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
 /// Writes the manifest copy and `run.json` (where the manifest's relative paths start).
 fn write_run_files(run_dir: &Path, manifest: &LoadedManifest) -> anyhow::Result<()> {
     std::fs::create_dir_all(run_dir).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
@@ -569,13 +588,16 @@ fn write_run_files(run_dir: &Path, manifest: &LoadedManifest) -> anyhow::Result<
         "host_version": env!("CARGO_PKG_VERSION"),
     });
     let text = serde_json::to_string_pretty(&info).context("cannot serialise run.json")?;
-    std::fs::write(run_dir.join("run.json"), text).with_context(|| format!("cannot write {}/run.json", run_dir.display()))
+    std::fs::write(run_dir.join("run.json"), text)
+        .with_context(|| format!("cannot write {}/run.json", run_dir.display()))
 }
 
 /// Runs a prepared manifest to the end (or until `cancel` is set), then writes the reports.
 pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) -> anyhow::Result<RunOutcome> {
     let m = &prepared.manifest;
     let run_dir = m.run_dir();
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
+    let _lock = lock_run_dir(&run_dir)?;
     write_run_files(&run_dir, m)?;
     let (store, stored) = Store::open(&run_dir)?;
     if stored.dropped_torn_lines > 0 {

@@ -2,9 +2,9 @@
 //! hostile fixture, built for `wasm32-wasip2`.
 //!
 //! The components are built once per test binary by [`components`] (`cargo build --release
-//! --target wasm32-wasip2 -p ...`, a no-op when they are fresh) and found in
-//! `target/wasm32-wasip2/release/`. Every test takes them from there, so this file can be
-//! included as a module of another test binary.
+//! --target wasm32-wasip2 -p ...`, a no-op when they are fresh; set `VLSBENCH_SKIP_JUDGE_BUILD=1`
+//! to use the ones already built) and found in `target/wasm32-wasip2/release/`. Every test takes
+//! them from there, so this file can be included as a module of another test binary.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,9 +60,13 @@ pub fn components() -> &'static Components {
     })
 }
 
-/// Runs `cargo build --release --target wasm32-wasip2` for the judge crates. If cargo is not
-/// available but the components exist, they are used as they are.
+/// Runs `cargo build --release --target wasm32-wasip2` for the judge crates (skipped when
+/// `VLSBENCH_SKIP_JUDGE_BUILD` is set). If the build fails but the components exist, they are used
+/// as they are.
 fn build_components() {
+    if std::env::var_os("VLSBENCH_SKIP_JUDGE_BUILD").is_some_and(|v| !v.is_empty()) {
+        return;
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command.current_dir(workspace_root()).args(["build", "--release", "--target", "wasm32-wasip2"]);

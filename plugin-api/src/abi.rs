@@ -81,12 +81,8 @@ pub struct BackendTable {
     ) -> i32,
     /// Reads a JSON array of [`GenerateRequest`]s, writes a JSON array of [`ItemResult`]s, one per
     /// request in the same order.
-    pub generate: unsafe extern "C" fn(
-        handle: *mut c_void,
-        requests: *const u8,
-        requests_len: usize,
-        out: *mut RawBuffer,
-    ) -> i32,
+    pub generate:
+        unsafe extern "C" fn(handle: *mut c_void, requests: *const u8, requests_len: usize, out: *mut RawBuffer) -> i32,
     /// Drops an instance.
     pub destroy: unsafe extern "C" fn(handle: *mut c_void),
     /// Frees a buffer this plugin allocated.

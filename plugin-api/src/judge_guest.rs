@@ -26,7 +26,7 @@ pub use self::vlsbench::judge::{host, types};
 /// Exports a type implementing [`Guest`] as the judge component.
 #[macro_export]
 macro_rules! export_judge {
-    ($judge:ty) => {
+    ($judge:ident) => {
         $crate::judge_guest::export_judge_world!($judge with_types_in $crate::judge_guest);
     };
 }

@@ -138,10 +138,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// Whether trying the same request again may succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            Self::RateLimited | Self::ServerError | Self::Timeout | Self::Network | Self::InvalidResponse
-        )
+        matches!(self, Self::RateLimited | Self::ServerError | Self::Timeout | Self::Network | Self::InvalidResponse)
     }
 
     pub fn as_str(self) -> &'static str {

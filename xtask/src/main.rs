@@ -106,7 +106,11 @@ fn write_png(path: &Path, seed: u32, size: (u32, u32)) -> anyhow::Result<()> {
     let (w, h) = size;
     let base = [(seed * 67 % 256) as u8, (seed * 131 % 256) as u8, (seed * 197 % 256) as u8];
     let img = image::RgbImage::from_fn(w, h, |x, y| {
-        if (x + y + seed) % 7 == 0 { image::Rgb([255 - base[0], 255 - base[1], 255 - base[2]]) } else { image::Rgb(base) }
+        if (x + y + seed).is_multiple_of(7) {
+            image::Rgb([255 - base[0], 255 - base[1], 255 - base[2]])
+        } else {
+            image::Rgb(base)
+        }
     });
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -132,7 +136,9 @@ fn demo() -> anyhow::Result<()> {
 
 fn flag(args: &[String], name: &str, default: u64) -> anyhow::Result<u64> {
     match args.iter().position(|a| a == name) {
-        Some(i) => args.get(i + 1).context(format!("{name} needs a value"))?.parse().context(format!("{name}: a number")),
+        Some(i) => {
+            args.get(i + 1).context(format!("{name} needs a value"))?.parse().context(format!("{name}: a number"))
+        }
         None => Ok(default),
     }
 }

@@ -185,10 +185,7 @@ mod component {
         }
     }
 
-    // `vlsbench_plugin_api::export_judge!(RefusalKeywords)` is the intended spelling, but plugin-api's macro
-    // forwards a `ty` fragment to wit-bindgen's macro, which only accepts an `ident`; until it is
-    // fixed, call the generated macro directly (same expansion).
-    vlsbench_plugin_api::judge_guest::export_judge_world!(RefusalKeywords with_types_in vlsbench_plugin_api::judge_guest);
+    vlsbench_plugin_api::export_judge!(RefusalKeywords);
 }
 
 #[cfg(test)]

@@ -131,7 +131,12 @@ mod tests {
     use vlsbench_plugin_api::GenerationSettings;
 
     fn request(id: &str) -> GenerateRequest {
-        GenerateRequest { id: id.into(), messages: vec![], settings: GenerationSettings::default(), response_format: None }
+        GenerateRequest {
+            id: id.into(),
+            messages: vec![],
+            settings: GenerationSettings::default(),
+            response_format: None,
+        }
     }
 
     fn backend_for(contents: &str) -> Result<AnswersFile, BackendError> {
@@ -149,7 +154,8 @@ mod tests {
 
     #[test]
     fn json_lines_answers_are_served_by_id() {
-        let b = backend_for("{\"id\": 3, \"answer\": \"three\"}\n\n{\"id\": 7, \"answer\": \" seven \"}\n").expect("ok");
+        let b =
+            backend_for("{\"id\": 3, \"answer\": \"three\"}\n\n{\"id\": 7, \"answer\": \" seven \"}\n").expect("ok");
         let out = b.generate(vec![request("7"), request("3")]);
         assert_eq!(out[0].as_ref().expect("7").text, " seven ");
         assert_eq!(out[1].as_ref().expect("3").text, "three");
