@@ -73,6 +73,12 @@ impl PromptStyle {
     }
 }
 
+/// Strips an answer as the reference's evaluation loop does, with Python's `str.strip()`: Rust's
+/// white space plus the ASCII separators U+001C..U+001F, which Python's `str.isspace()` accepts too.
+pub fn strip_answer(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+}
+
 /// Settings of one run that do not come from the manifest.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -482,7 +488,7 @@ impl Pipeline<'_> {
                 Tried::Cancelled => return Ok(()),
             };
             let outcome = match &result {
-                Ok(g) => AnswerOutcome::Ok { answer: g.text.trim().to_string() },
+                Ok(g) => AnswerOutcome::Ok { answer: strip_answer(&g.text).to_string() },
                 Err(e) => AnswerOutcome::Error { kind: e.kind.as_str().to_string(), message: e.message.clone() },
             };
             let record = AnswerRecord {
@@ -747,6 +753,12 @@ mod tests {
         assert_eq!(l[0].content[0], ContentPart::text("q"));
         let q = PromptStyle::for_arch("qwen2vl").messages("q", Path::new("i.png"));
         assert_eq!(q[0].content[0], ContentPart::image("i.png"));
+    }
+
+    #[test]
+    fn answers_are_stripped_as_python_strips_them() {
+        assert_eq!(strip_answer("\u{1f} \u{a0}answer\u{3000}\n\u{1c}"), "answer");
+        assert_eq!(strip_answer("\u{200b}x "), "\u{200b}x");
     }
 
     #[test]
