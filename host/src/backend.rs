@@ -133,29 +133,35 @@ pub fn search_path(extra: &[PathBuf]) -> Vec<PathBuf> {
     unique
 }
 
-fn describe_dirs(dirs: &[PathBuf]) -> String {
+/// The search path as one line, for error messages.
+pub fn describe_dirs(dirs: &[PathBuf]) -> String {
     dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
-/// Backend library files on the search path (by file name, not loaded).
-pub fn library_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
+/// Files on the search path whose file name `wanted` accepts, folder by folder, sorted by name
+/// within a folder.
+pub fn files_on_path(dirs: &[PathBuf], wanted: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for dir in dirs {
         let Ok(entries) = std::fs::read_dir(dir) else { continue };
         let mut here: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| {
-                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let stem = name.strip_prefix("lib").unwrap_or(&name);
-                stem.starts_with(LIBRARY_PREFIX)
-                    && (name.ends_with(".so") || name.ends_with(".dylib") || name.ends_with(".dll"))
-            })
+            .filter(|p| p.file_name().is_some_and(|n| wanted(&n.to_string_lossy())))
             .collect();
         here.sort();
         files.extend(here);
     }
     files
+}
+
+/// Backend library files on the search path (by file name, not loaded).
+pub fn library_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    files_on_path(dirs, |name| {
+        let stem = name.strip_prefix("lib").unwrap_or(name);
+        stem.starts_with(LIBRARY_PREFIX)
+            && (name.ends_with(".so") || name.ends_with(".dylib") || name.ends_with(".dll"))
+    })
 }
 
 /// Loads every backend library on the search path; failures are returned beside the successes.

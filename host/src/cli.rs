@@ -139,7 +139,8 @@ fn run_loaded(loaded: LoadedManifest, opts: RunOptions) -> anyhow::Result<ExitCo
     install_ctrl_c(cancel.clone());
     let outcome = run::execute(&prepared, &opts, cancel)?;
     println!("{}", outcome.terminal_summary);
-    println!("results in {}", outcome.run_dir.display());
+    let shown = outcome.run_dir.canonicalize().unwrap_or_else(|_| outcome.run_dir.clone());
+    println!("results in {}", shown.display());
     if outcome.interrupted {
         eprintln!("interrupted: run the same command again to resume");
         return Ok(ExitCode::from(EXIT_INTERRUPTED));

@@ -878,31 +878,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use vlsbench_plugin_api::types::GenerationSettings;
-
-    fn model() -> AnswerProvenance {
-        AnswerProvenance {
-            backend: "openai".into(),
-            backend_version: "0.1.0".into(),
-            arch: "openai".into(),
-            checkpoint: Some("gpt-4o".into()),
-            device: None,
-            dtype: None,
-            settings: GenerationSettings::reference(),
-            prompt: "openai-reference-v1".into(),
-            options_sha256: sha256_hex("{}"),
-        }
-    }
-
-    fn judge() -> JudgeProvenance {
-        JudgeProvenance {
-            judge: "vlsbench".into(),
-            judge_version: "0.1.0".into(),
-            component_sha256: sha256_hex("wasm"),
-            config: serde_json::json!({}),
-            model: Some(model()),
-        }
-    }
+    use crate::store::test_samples::{judge_prov as judge, model_prov as model};
 
     fn item(id: u32, category: &str, sub: &str, source: &str) -> Item {
         Item {

@@ -90,7 +90,7 @@ pub struct RunOptions {
     pub progress: bool,
     /// Judge stored answers only; never call the model under test.
     pub judge_only: bool,
-    /// Where `run.json` says the manifest's relative paths start (for `judge` over a run folder).
+    /// Exit non-zero when any selected item ends without a label (`--fail-on-unscored`).
     pub fail_on_unscored: bool,
 }
 
@@ -288,28 +288,13 @@ pub fn find_judge(component: &str, base_dir: &Path, dirs: &[PathBuf]) -> anyhow:
     }
     bail!(
         "no judge named `{component}` ({file}) on the plugin path ({}); build the judges with `cargo xtask build` or give a .wasm path",
-        dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+        backend::describe_dirs(dirs)
     )
 }
 
 /// Judge `.wasm` files on the search path.
 pub fn judge_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for d in dirs {
-        let Ok(entries) = std::fs::read_dir(d) else { continue };
-        let mut here: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .map(|n| n.to_string_lossy())
-                    .is_some_and(|n| n.starts_with("vlsbench_judge_") && n.ends_with(".wasm"))
-            })
-            .collect();
-        here.sort();
-        out.extend(here);
-    }
-    out
+    backend::files_on_path(dirs, |name| name.starts_with("vlsbench_judge_") && name.ends_with(".wasm"))
 }
 
 /// Limits from `[judge.limits]` over the defaults.

@@ -399,13 +399,12 @@ pub fn sha256_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
+/// Sample provenances shared by the store's and the report's unit tests.
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
+pub(crate) mod test_samples {
     use super::*;
 
-    fn model_prov() -> AnswerProvenance {
+    pub(crate) fn model_prov() -> AnswerProvenance {
         AnswerProvenance {
             backend: "openai".into(),
             backend_version: "0.1.0".into(),
@@ -419,7 +418,7 @@ mod tests {
         }
     }
 
-    fn judge_prov() -> JudgeProvenance {
+    pub(crate) fn judge_prov() -> JudgeProvenance {
         JudgeProvenance {
             judge: "vlsbench".into(),
             judge_version: "0.1.0".into(),
@@ -428,6 +427,14 @@ mod tests {
             model: Some(model_prov()),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::test_samples::{judge_prov, model_prov};
+    use super::*;
 
     fn answer(id: u32, text: &str) -> AnswerRecord {
         AnswerRecord {

@@ -1,0 +1,1 @@
+//! vlsbench backend for the LLaVA family on candle.
