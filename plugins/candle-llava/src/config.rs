@@ -1,0 +1,555 @@
+//! Reading an HF-format LLaVA checkpoint's configuration files the way transformers reads them.
+//!
+//! Real checkpoints were saved years apart, so every layout transformers accepts is read here:
+//! - `config.json`: `image_token_index` (transformers 4.x and our fixtures) or `image_token_id`
+//!   (newer); `text_config`/`vision_config` list only the fields that differ from the config
+//!   class's defaults (`LlamaConfig`, `CLIPVisionConfig`), so missing ones take those defaults;
+//!   `rope_theta` flat or inside `rope_parameters`.
+//! - the image processor: nested under `image_processor` in `processor_config.json` (newest),
+//!   or its own `preprocessor_config.json` (older); `size`/`crop_size` as dicts or integers.
+//! - `generation_config.json`: EOS ids, one or many.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A configuration problem, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: invalid JSON: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+fn read_json(path: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+    serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: path.to_owned(), source })
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { path: path.to_owned(), message: message.into() }
+}
+
+/// Reads an optional field into `T`, with a message naming the field when its type is wrong.
+fn field<T: for<'de> Deserialize<'de>>(obj: &Value, key: &str, path: &Path, ctx: &str) -> Result<Option<T>, ConfigError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|e| invalid(path, format!("{ctx}{key}: {e}"))),
+    }
+}
+
+/// The Llama text model, with `LlamaConfig`'s defaults for missing fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub hidden_act: String,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub attention_bias: bool,
+    pub mlp_bias: bool,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// The CLIP vision tower, with `CLIPVisionConfig`'s defaults for missing fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_channels: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub hidden_act: String,
+    pub layer_norm_eps: f64,
+}
+
+impl VisionConfig {
+    /// Patches per side of the (square) input.
+    pub fn patches_per_side(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+    /// Positions in the tower's sequence: every patch plus the class token.
+    pub fn num_positions(&self) -> usize {
+        self.patches_per_side() * self.patches_per_side() + 1
+    }
+}
+
+/// How image features are selected from the vision tower's hidden states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectStrategy {
+    /// Drop the class token (`"default"`).
+    Default,
+    /// Keep every position (`"full"`).
+    Full,
+}
+
+/// `LlavaConfig`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlavaConfig {
+    pub text: TextConfig,
+    pub vision: VisionConfig,
+    pub image_token_id: u32,
+    pub image_seq_length: usize,
+    pub projector_hidden_act: String,
+    pub multimodal_projector_bias: bool,
+    /// Indices into transformers' `hidden_states` (index 0 is the embeddings output); several are
+    /// concatenated on the feature axis.
+    pub vision_feature_layers: Vec<i64>,
+    pub select_strategy: SelectStrategy,
+    pub pad_token_id: Option<u32>,
+}
+
+fn parse_eos(v: &Value) -> Option<Vec<u32>> {
+    match v {
+        Value::Number(n) => n.as_u64().map(|x| vec![x as u32]),
+        Value::Array(a) => a.iter().map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        _ => None,
+    }
+}
+
+fn text_config(v: &Value, path: &Path) -> Result<TextConfig, ConfigError> {
+    let ctx = "text_config.";
+    if let Some(mt) = v.get("model_type").and_then(Value::as_str)
+        && mt != "llama"
+    {
+        return Err(invalid(path, format!("text_config.model_type {mt:?} is not supported (llama only)")));
+    }
+    let hidden_size = field(v, "hidden_size", path, ctx)?.unwrap_or(4096usize);
+    let num_attention_heads = field(v, "num_attention_heads", path, ctx)?.unwrap_or(32usize);
+    if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
+        return Err(invalid(path, "text_config: hidden_size is not a multiple of num_attention_heads"));
+    }
+    let num_key_value_heads = field(v, "num_key_value_heads", path, ctx)?.unwrap_or(num_attention_heads);
+    if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+        return Err(invalid(path, "text_config: num_attention_heads is not a multiple of num_key_value_heads"));
+    }
+    // rope_theta: flat (transformers 4.x) or in rope_parameters (5.x); rope_scaling must be absent.
+    let rope_params = v.get("rope_parameters").filter(|p| !p.is_null());
+    let rope_theta = match rope_params.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64) {
+        Some(t) => t,
+        None => field(v, "rope_theta", path, ctx)?.unwrap_or(10_000.0),
+    };
+    let rope_type = rope_params
+        .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
+        .or_else(|| v.get("rope_scaling").filter(|s| !s.is_null()).map(|s| s.get("rope_type").or_else(|| s.get("type")).unwrap_or(s)))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    if rope_type != "default" {
+        return Err(invalid(path, format!("text_config: rope type {rope_type:?} is not supported")));
+    }
+    let hidden_act: String = field(v, "hidden_act", path, ctx)?.unwrap_or_else(|| "silu".into());
+    if hidden_act != "silu" {
+        return Err(invalid(path, format!("text_config.hidden_act {hidden_act:?} is not supported")));
+    }
+    let eos_token_ids = v.get("eos_token_id").map_or(Some(vec![2]), |e| if e.is_null() { Some(vec![]) } else { parse_eos(e) });
+    Ok(TextConfig {
+        vocab_size: field(v, "vocab_size", path, ctx)?.unwrap_or(32000),
+        hidden_size,
+        intermediate_size: field(v, "intermediate_size", path, ctx)?.unwrap_or(11008),
+        num_hidden_layers: field(v, "num_hidden_layers", path, ctx)?.unwrap_or(32),
+        num_attention_heads,
+        num_key_value_heads,
+        head_dim: field(v, "head_dim", path, ctx)?.unwrap_or(hidden_size / num_attention_heads),
+        hidden_act,
+        max_position_embeddings: field(v, "max_position_embeddings", path, ctx)?.unwrap_or(2048),
+        rms_norm_eps: field(v, "rms_norm_eps", path, ctx)?.unwrap_or(1e-6),
+        rope_theta,
+        attention_bias: field(v, "attention_bias", path, ctx)?.unwrap_or(false),
+        mlp_bias: field(v, "mlp_bias", path, ctx)?.unwrap_or(false),
+        tie_word_embeddings: field(v, "tie_word_embeddings", path, ctx)?.unwrap_or(false),
+        bos_token_id: if v.get("bos_token_id").is_some() { field(v, "bos_token_id", path, ctx)? } else { Some(1) },
+        eos_token_ids: eos_token_ids.ok_or_else(|| invalid(path, "text_config.eos_token_id: not an id or a list of ids"))?,
+    })
+}
+
+fn vision_config(v: Option<&Value>, path: &Path) -> Result<VisionConfig, ConfigError> {
+    let ctx = "vision_config.";
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        // LlavaConfig without a vision_config: CLIP ViT-L/14-336, as transformers fills it in.
+        return Ok(VisionConfig {
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_hidden_layers: 24,
+            num_attention_heads: 16,
+            num_channels: 3,
+            image_size: 336,
+            patch_size: 14,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+        });
+    };
+    if let Some(mt) = v.get("model_type").and_then(Value::as_str)
+        && mt != "clip_vision_model"
+    {
+        return Err(invalid(path, format!("vision_config.model_type {mt:?} is not supported (clip_vision_model only)")));
+    }
+    let c = VisionConfig {
+        hidden_size: field(v, "hidden_size", path, ctx)?.unwrap_or(768),
+        intermediate_size: field(v, "intermediate_size", path, ctx)?.unwrap_or(3072),
+        num_hidden_layers: field(v, "num_hidden_layers", path, ctx)?.unwrap_or(12),
+        num_attention_heads: field(v, "num_attention_heads", path, ctx)?.unwrap_or(12),
+        num_channels: field(v, "num_channels", path, ctx)?.unwrap_or(3),
+        image_size: field(v, "image_size", path, ctx)?.unwrap_or(224),
+        patch_size: field(v, "patch_size", path, ctx)?.unwrap_or(32),
+        hidden_act: field(v, "hidden_act", path, ctx)?.unwrap_or_else(|| "quick_gelu".into()),
+        layer_norm_eps: field(v, "layer_norm_eps", path, ctx)?.unwrap_or(1e-5),
+    };
+    if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 || c.patch_size == 0 {
+        return Err(invalid(path, "vision_config: inconsistent sizes"));
+    }
+    Ok(c)
+}
+
+impl LlavaConfig {
+    /// Reads `config.json` from a checkpoint directory.
+    pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
+        let path = dir.join("config.json");
+        let v = read_json(&path)?;
+        Self::from_value(&v, &path)
+    }
+
+    pub fn from_value(v: &Value, path: &Path) -> Result<Self, ConfigError> {
+        match v.get("model_type").and_then(Value::as_str) {
+            Some("llava") => {}
+            Some(other) => return Err(invalid(path, format!("model_type is {other:?}, not \"llava\" (arch llava_hf)"))),
+            None => return Err(invalid(path, "no model_type: not an HF-format LLaVA config")),
+        }
+        let text = text_config(v.get("text_config").unwrap_or(&Value::Null), path)?;
+        let vision = vision_config(v.get("vision_config"), path)?;
+        let image_token_id = match (field::<u32>(v, "image_token_id", path, "")?, field::<u32>(v, "image_token_index", path, "")?) {
+            (Some(a), _) => a,
+            (None, Some(b)) => b,
+            (None, None) => 32000,
+        };
+        let vision_feature_layers = match v.get("vision_feature_layer") {
+            None | Some(Value::Null) => vec![-2],
+            Some(Value::Number(n)) => vec![n.as_i64().ok_or_else(|| invalid(path, "vision_feature_layer: not an integer"))?],
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| x.as_i64().ok_or_else(|| invalid(path, "vision_feature_layer: not a list of integers")))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(invalid(path, "vision_feature_layer: not an integer or a list")),
+        };
+        let n_hidden = vision.num_hidden_layers as i64 + 1;
+        for &l in &vision_feature_layers {
+            if l >= n_hidden || l < -n_hidden {
+                return Err(invalid(path, format!("vision_feature_layer {l} is out of range for {n_hidden} hidden states")));
+            }
+        }
+        let strategy: String = field(v, "vision_feature_select_strategy", path, "")?.unwrap_or_else(|| "default".into());
+        let select_strategy = match strategy.as_str() {
+            "default" => SelectStrategy::Default,
+            "full" => SelectStrategy::Full,
+            other => return Err(invalid(path, format!("vision_feature_select_strategy {other:?} is not supported"))),
+        };
+        let projector_hidden_act: String = field(v, "projector_hidden_act", path, "")?.unwrap_or_else(|| "gelu".into());
+        if !matches!(projector_hidden_act.as_str(), "gelu" | "quick_gelu" | "silu" | "relu" | "gelu_pytorch_tanh") {
+            return Err(invalid(path, format!("projector_hidden_act {projector_hidden_act:?} is not supported")));
+        }
+        Ok(Self {
+            text,
+            vision,
+            image_token_id,
+            image_seq_length: field(v, "image_seq_length", path, "")?.unwrap_or(576),
+            projector_hidden_act,
+            multimodal_projector_bias: field(v, "multimodal_projector_bias", path, "")?.unwrap_or(true),
+            vision_feature_layers,
+            select_strategy,
+            pad_token_id: field(v, "pad_token_id", path, "")?,
+        })
+    }
+
+    /// Image features per image, as the projector emits them.
+    pub fn image_features_per_image(&self) -> usize {
+        let n = self.vision.num_positions();
+        match self.select_strategy {
+            SelectStrategy::Default => n - 1,
+            SelectStrategy::Full => n,
+        }
+    }
+}
+
+/// `CLIPImageProcessor` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageProcessorConfig {
+    pub do_convert_rgb: bool,
+    pub do_resize: bool,
+    /// `size`: a shortest edge, or an exact (height, width).
+    pub size: ResizeTarget,
+    pub resample: u32,
+    pub do_center_crop: bool,
+    /// (height, width)
+    pub crop_size: (usize, usize),
+    pub do_rescale: bool,
+    pub rescale_factor: f64,
+    pub do_normalize: bool,
+    pub image_mean: [f64; 3],
+    pub image_std: [f64; 3],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeTarget {
+    ShortestEdge(usize),
+    Exact { height: usize, width: usize },
+}
+
+/// `LlavaProcessor` settings plus its image processor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessorConfig {
+    pub image: ImageProcessorConfig,
+    pub image_token: String,
+    pub patch_size: Option<usize>,
+    pub num_additional_image_tokens: usize,
+    pub vision_feature_select_strategy: Option<String>,
+}
+
+fn size_dict(v: &Value, key: &str, path: &Path) -> Result<Option<ResizeTarget>, ConfigError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            let n = n.as_u64().ok_or_else(|| invalid(path, format!("{key}: not a size")))? as usize;
+            Ok(Some(ResizeTarget::ShortestEdge(n)))
+        }
+        Some(Value::Object(o)) => {
+            let get = |k: &str| o.get(k).and_then(Value::as_u64).map(|x| x as usize);
+            if let Some(s) = get("shortest_edge") {
+                Ok(Some(ResizeTarget::ShortestEdge(s)))
+            } else if let (Some(height), Some(width)) = (get("height"), get("width")) {
+                Ok(Some(ResizeTarget::Exact { height, width }))
+            } else {
+                Err(invalid(path, format!("{key}: expected shortest_edge or height and width")))
+            }
+        }
+        Some(_) => Err(invalid(path, format!("{key}: not a size"))),
+    }
+}
+
+fn image_processor(v: &Value, path: &Path) -> Result<ImageProcessorConfig, ConfigError> {
+    let ctx = "image processor: ";
+    if let Some(t) = v.get("image_processor_type").and_then(Value::as_str)
+        && !t.starts_with("CLIPImageProcessor")
+    {
+        return Err(invalid(path, format!("image_processor_type {t:?} is not supported (CLIPImageProcessor only)")));
+    }
+    let size = size_dict(v, "size", path)?.unwrap_or(ResizeTarget::ShortestEdge(224));
+    let crop_size = match size_dict(v, "crop_size", path)? {
+        None => (224, 224),
+        // An integer crop size means a square (transformers' get_size_dict with default_to_square).
+        Some(ResizeTarget::ShortestEdge(n)) => (n, n),
+        Some(ResizeTarget::Exact { height, width }) => (height, width),
+    };
+    let triple = |key: &str, default: [f64; 3]| -> Result<[f64; 3], ConfigError> {
+        match field::<Vec<f64>>(v, key, path, ctx)? {
+            None => Ok(default),
+            Some(x) if x.len() == 3 => Ok([x[0], x[1], x[2]]),
+            Some(x) if x.len() == 1 => Ok([x[0]; 3]),
+            Some(_) => Err(invalid(path, format!("{key}: expected 3 values"))),
+        }
+    };
+    let resample = field(v, "resample", path, ctx)?.unwrap_or(3u32);
+    if resample != 3 {
+        return Err(invalid(path, format!("resample {resample} is not supported (bicubic, 3, only)")));
+    }
+    Ok(ImageProcessorConfig {
+        do_convert_rgb: field(v, "do_convert_rgb", path, ctx)?.unwrap_or(true),
+        do_resize: field(v, "do_resize", path, ctx)?.unwrap_or(true),
+        size,
+        resample,
+        do_center_crop: field(v, "do_center_crop", path, ctx)?.unwrap_or(true),
+        crop_size,
+        do_rescale: field(v, "do_rescale", path, ctx)?.unwrap_or(true),
+        rescale_factor: field(v, "rescale_factor", path, ctx)?.unwrap_or(1.0 / 255.0),
+        do_normalize: field(v, "do_normalize", path, ctx)?.unwrap_or(true),
+        image_mean: triple("image_mean", [0.48145466, 0.4578275, 0.40821073])?,
+        image_std: triple("image_std", [0.26862954, 0.26130258, 0.27577711])?,
+    })
+}
+
+impl ProcessorConfig {
+    /// Reads the processor: `processor_config.json` (with the image processor nested under
+    /// `image_processor`, or processor-level fields only) and `preprocessor_config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
+        let proc_path = dir.join("processor_config.json");
+        let pre_path = dir.join("preprocessor_config.json");
+        let proc = if proc_path.is_file() { Some(read_json(&proc_path)?) } else { None };
+        let nested = proc.as_ref().and_then(|p| p.get("image_processor")).filter(|v| v.is_object());
+        let image = match nested {
+            Some(ip) => image_processor(ip, &proc_path)?,
+            None if pre_path.is_file() => image_processor(&read_json(&pre_path)?, &pre_path)?,
+            None => {
+                return Err(ConfigError::Io {
+                    path: pre_path,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no image processor: neither processor_config.json's image_processor nor preprocessor_config.json",
+                    ),
+                });
+            }
+        };
+        let (p, path) = match &proc {
+            Some(p) => (p.clone(), proc_path),
+            None => (Value::Object(Default::default()), pre_path),
+        };
+        Ok(Self {
+            image,
+            image_token: field(&p, "image_token", &path, "")?.unwrap_or_else(|| "<image>".into()),
+            patch_size: field(&p, "patch_size", &path, "")?,
+            num_additional_image_tokens: field(&p, "num_additional_image_tokens", &path, "")?.unwrap_or(0),
+            vision_feature_select_strategy: field(&p, "vision_feature_select_strategy", &path, "")?,
+        })
+    }
+
+    /// How many `<image>` tokens transformers' `LlavaProcessor` writes for a pixel tensor of
+    /// `height` x `width`, or `None` when the processor does not expand (no `patch_size`).
+    pub fn num_image_tokens(&self, height: usize, width: usize) -> Option<usize> {
+        let p = self.patch_size?;
+        let mut n = (height / p) * (width / p) + self.num_additional_image_tokens;
+        if self.vision_feature_select_strategy.as_deref() == Some("default") {
+            n -= 1;
+        }
+        Some(n)
+    }
+}
+
+/// EOS ids from `generation_config.json`, or `None` when the file or the field is absent.
+pub fn generation_eos_ids(dir: &Path) -> Result<Option<Vec<u32>>, ConfigError> {
+    let path = dir.join("generation_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let v = read_json(&path)?;
+    match v.get("eos_token_id") {
+        None | Some(Value::Null) => Ok(None),
+        Some(e) => parse_eos(e).map(Some).ok_or_else(|| invalid(&path, "eos_token_id: not an id or a list of ids")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    }
+
+    fn check_tiny(c: &LlavaConfig) {
+        assert_eq!(c.image_token_id, 420);
+        assert_eq!(c.pad_token_id, Some(421));
+        assert_eq!(c.text.hidden_size, 64);
+        assert_eq!(c.text.intermediate_size, 128);
+        assert_eq!(c.text.num_hidden_layers, 2);
+        assert_eq!(c.text.num_attention_heads, 4);
+        assert_eq!(c.text.num_key_value_heads, 2);
+        assert_eq!(c.text.head_dim, 16);
+        assert_eq!(c.text.vocab_size, 448);
+        assert_eq!(c.text.rope_theta, 10000.0);
+        assert_eq!(c.text.rms_norm_eps, 1e-5);
+        assert_eq!(c.text.max_position_embeddings, 4096);
+        assert!(!c.text.attention_bias && !c.text.mlp_bias && !c.text.tie_word_embeddings);
+        assert_eq!(c.text.eos_token_ids, vec![2]);
+        assert_eq!(c.vision.hidden_size, 32);
+        assert_eq!(c.vision.intermediate_size, 64);
+        assert_eq!(c.vision.num_hidden_layers, 3);
+        assert_eq!(c.vision.num_attention_heads, 2);
+        assert_eq!(c.vision.image_size, 56);
+        assert_eq!(c.vision.patch_size, 14);
+        assert_eq!(c.vision.hidden_act, "quick_gelu");
+        assert_eq!(c.vision.layer_norm_eps, 1e-5);
+        assert_eq!(c.vision_feature_layers, vec![-2]);
+        assert_eq!(c.select_strategy, SelectStrategy::Default);
+        assert_eq!(c.projector_hidden_act, "gelu");
+        assert!(c.multimodal_projector_bias);
+        assert_eq!(c.image_features_per_image(), 16);
+    }
+
+    fn check_tiny_processor(p: &ProcessorConfig) {
+        assert_eq!(p.image.size, ResizeTarget::ShortestEdge(56));
+        assert_eq!(p.image.crop_size, (56, 56));
+        assert_eq!(p.image.resample, 3);
+        assert!(p.image.do_convert_rgb && p.image.do_center_crop && p.image.do_normalize && p.image.do_rescale);
+        assert_eq!(p.image.image_mean, [0.48145466, 0.4578275, 0.40821073]);
+        assert_eq!(p.image_token, "<image>");
+        assert_eq!(p.num_image_tokens(56, 56), Some(16));
+    }
+
+    #[test]
+    fn new_layout_parses() {
+        let dir = fixtures().join("checkpoints/llava_hf");
+        let c = LlavaConfig::from_dir(&dir).unwrap();
+        check_tiny(&c);
+        assert_eq!(c.image_seq_length, 16);
+        check_tiny_processor(&ProcessorConfig::from_dir(&dir).unwrap());
+        assert_eq!(generation_eos_ids(&dir).unwrap(), Some(vec![2]));
+    }
+
+    #[test]
+    fn old_layout_fills_defaults() {
+        let dir = fixtures().join("checkpoints/llava_hf_old_layout");
+        let c = LlavaConfig::from_dir(&dir).unwrap();
+        check_tiny(&c);
+        assert_eq!(c.image_seq_length, 576); // absent: LlavaConfig's default
+        check_tiny_processor(&ProcessorConfig::from_dir(&dir).unwrap());
+        assert_eq!(generation_eos_ids(&dir).unwrap(), Some(vec![2]));
+    }
+
+    #[test]
+    fn real_llava_1_5_7b_config_implies_its_shapes() {
+        let dir = Path::new("/work/shared/checkpoints/llava-hf__llava-1.5-7b-hf");
+        let dir = std::env::var_os("VLSBENCH_SHARED_CHECKPOINTS")
+            .map(|d| PathBuf::from(d).join("llava-hf__llava-1.5-7b-hf"))
+            .unwrap_or_else(|| dir.to_owned());
+        if !dir.join("config.json").is_file() {
+            println!("SKIPPED: {} has no config.json (real llava-1.5-7b-hf config files absent)", dir.display());
+            return;
+        }
+        let c = LlavaConfig::from_dir(&dir).unwrap();
+        assert_eq!(c.text.hidden_size, 4096);
+        assert_eq!(c.text.intermediate_size, 11008);
+        assert_eq!(c.text.num_hidden_layers, 32);
+        assert_eq!(c.text.num_attention_heads, 32);
+        assert_eq!(c.text.num_key_value_heads, 32);
+        assert_eq!(c.text.head_dim, 128);
+        assert_eq!(c.text.vocab_size, 32064);
+        assert_eq!(c.text.rope_theta, 10000.0);
+        assert_eq!(c.text.rms_norm_eps, 1e-5);
+        assert_eq!(c.image_token_id, 32000);
+        assert_eq!(c.pad_token_id, Some(32001));
+        assert_eq!(c.vision.hidden_size, 1024);
+        assert_eq!(c.vision.num_hidden_layers, 24);
+        assert_eq!(c.vision.num_attention_heads, 16);
+        assert_eq!(c.vision.image_size, 336);
+        assert_eq!(c.vision.patch_size, 14);
+        assert_eq!(c.vision.hidden_act, "quick_gelu");
+        assert_eq!(c.vision_feature_layers, vec![-2]);
+        assert_eq!(c.image_features_per_image(), 576);
+        let p = ProcessorConfig::from_dir(&dir).unwrap();
+        assert_eq!(p.image.size, ResizeTarget::ShortestEdge(336));
+        assert_eq!(p.image.crop_size, (336, 336));
+        assert_eq!(p.num_image_tokens(336, 336), Some(576));
+        let eos = generation_eos_ids(&dir).unwrap();
+        assert_eq!(eos, Some(vec![2]));
+    }
+
+    #[test]
+    fn wrong_arch_is_named() {
+        let v = serde_json::json!({"model_type": "qwen2_vl"});
+        let e = LlavaConfig::from_value(&v, Path::new("x/config.json")).unwrap_err().to_string();
+        assert!(e.contains("x/config.json") && e.contains("qwen2_vl"), "{e}");
+    }
+}

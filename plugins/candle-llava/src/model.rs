@@ -1,0 +1,585 @@
+//! `LlavaForConditionalGeneration` on candle: CLIP vision tower, multimodal projector, Llama
+//! text model, image features spliced in at the image-token positions.
+//!
+//! Written against transformers' modeling files rather than reusing candle-transformers' llava,
+//! clip and llama: candle's CLIP `output_hidden_states` omits the embeddings output (so HF's
+//! feature layer -2 is off by one) and hard-codes its LayerNorm eps; its llama derives head_dim
+//! from hidden/heads, has no attention or MLP bias, and panics on a missing weight.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
+use candle_nn::{Conv2dConfig, Embedding, LayerNorm, Linear, RmsNorm, VarBuilder};
+
+use crate::config::{LlavaConfig, SelectStrategy, TextConfig, VisionConfig};
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Load(String),
+    #[error("{0}")]
+    Input(String),
+}
+
+/// The safetensors files of a checkpoint: `model.safetensors`, or the shards an index names.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::Load(format!("{}: {e}", index.display())))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Load(format!("{}: {e}", index.display())))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Load(format!("{}: no weight_map", index.display())))?;
+        let mut files: Vec<PathBuf> = map.values().filter_map(|f| f.as_str()).map(|f| dir.join(f)).collect();
+        files.sort();
+        files.dedup();
+        for f in &files {
+            if !f.is_file() {
+                return Err(ModelError::Load(format!("{} names {}, which is missing", index.display(), f.display())));
+            }
+        }
+        return Ok(files);
+    }
+    Err(ModelError::Load(format!(
+        "{}: no model.safetensors or model.safetensors.index.json (missing weights)",
+        dir.display()
+    )))
+}
+
+fn act(name: &str, x: &Tensor) -> candle_core::Result<Tensor> {
+    match name {
+        "quick_gelu" => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
+        "gelu" => x.gelu_erf(),
+        "gelu_pytorch_tanh" | "gelu_new" => x.gelu(),
+        "silu" => candle_nn::ops::silu(x),
+        "relu" => x.relu(),
+        other => candle_core::bail!("activation {other} is not supported"),
+    }
+}
+
+fn need(vb: &VarBuilder, name: &str) -> Result<()> {
+    if vb.contains_tensor(name) {
+        Ok(())
+    } else {
+        Err(ModelError::Load(format!("missing weight {}", vb.prefix().to_owned() + "." + name)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CLIP vision tower
+// ---------------------------------------------------------------------------------------------
+
+struct ClipAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl ClipAttention {
+    fn load(vb: VarBuilder, c: &VisionConfig) -> Result<Self> {
+        let h = c.hidden_size;
+        Ok(Self {
+            q: candle_nn::linear(h, h, vb.pp("q_proj"))?,
+            k: candle_nn::linear(h, h, vb.pp("k_proj"))?,
+            v: candle_nn::linear(h, h, vb.pp("v_proj"))?,
+            o: candle_nn::linear(h, h, vb.pp("out_proj"))?,
+            heads: c.num_attention_heads,
+            head_dim: h / c.num_attention_heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, n, h) = x.dims3()?;
+        let split = |t: Tensor| t.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous();
+        let q = split(self.q.forward(x)?)?;
+        let k = split(self.k.forward(x)?)?;
+        let v = split(self.v.forward(x)?)?;
+        let in_dtype = q.dtype();
+        let (q, k, v) = (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let att = (q.matmul(&k.t()?)? * scale)?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&v)?.to_dtype(in_dtype)?;
+        let y = y.transpose(1, 2)?.reshape((b, n, h))?;
+        self.o.forward(&y)
+    }
+}
+
+struct ClipLayer {
+    ln1: LayerNorm,
+    attn: ClipAttention,
+    ln2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    act: String,
+}
+
+impl ClipLayer {
+    fn load(vb: VarBuilder, c: &VisionConfig) -> Result<Self> {
+        Ok(Self {
+            ln1: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm1"))?,
+            attn: ClipAttention::load(vb.pp("self_attn"), c)?,
+            ln2: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm2"))?,
+            fc1: candle_nn::linear(c.hidden_size, c.intermediate_size, vb.pp("mlp.fc1"))?,
+            fc2: candle_nn::linear(c.intermediate_size, c.hidden_size, vb.pp("mlp.fc2"))?,
+            act: c.hidden_act.clone(),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
+        let m = self.fc2.forward(&act(&self.act, &self.fc1.forward(&self.ln2.forward(&h)?)?)?)?;
+        h + m
+    }
+}
+
+/// `CLIPVisionModel` up to the hidden states LLaVA reads (the post-layernorm is never used).
+pub struct ClipVisionTower {
+    patch: candle_nn::Conv2d,
+    class_embedding: Tensor,
+    position_embedding: Tensor,
+    pre_ln: LayerNorm,
+    layers: Vec<ClipLayer>,
+}
+
+impl ClipVisionTower {
+    pub fn load(vb: VarBuilder, c: &VisionConfig, layers_needed: usize) -> Result<Self> {
+        need(&vb, "embeddings.patch_embedding.weight")?;
+        let patch = candle_nn::conv2d_no_bias(
+            c.num_channels,
+            c.hidden_size,
+            c.patch_size,
+            Conv2dConfig { stride: c.patch_size, ..Default::default() },
+            vb.pp("embeddings.patch_embedding"),
+        )?;
+        let class_embedding = vb.get(c.hidden_size, "embeddings.class_embedding")?;
+        let position_embedding = vb.get((c.num_positions(), c.hidden_size), "embeddings.position_embedding.weight")?;
+        let pre_ln = candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("pre_layrnorm"))?;
+        let layers = (0..layers_needed)
+            .map(|i| ClipLayer::load(vb.pp(format!("encoder.layers.{i}")), c))
+            .collect::<Result<_>>()?;
+        Ok(Self { patch, class_embedding, position_embedding, pre_ln, layers })
+    }
+
+    /// transformers' `hidden_states` tuple, as far as the loaded layers go: index 0 is the
+    /// pre-layernormed embeddings, index i the output of layer i.
+    pub fn hidden_states(&self, pixel_values: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let b = pixel_values.dim(0)?;
+        let patches = self.patch.forward(pixel_values)?.flatten_from(2)?.transpose(1, 2)?;
+        let h = self.class_embedding.dim(0)?;
+        let cls = self.class_embedding.reshape((1, 1, h))?.expand((b, 1, h))?.to_dtype(patches.dtype())?;
+        let emb = Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
+        let mut x = self.pre_ln.forward(&emb)?;
+        let mut out = Vec::with_capacity(self.layers.len() + 1);
+        out.push(x.clone());
+        for l in &self.layers {
+            x = l.forward(&x)?;
+            out.push(x.clone());
+        }
+        Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Llama text model
+// ---------------------------------------------------------------------------------------------
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+fn linear(vb: VarBuilder, i: usize, o: usize, bias: bool) -> Result<Linear> {
+    need(&vb, "weight")?;
+    Ok(candle_nn::linear_b(i, o, bias, vb)?)
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, c: &TextConfig) -> Result<Self> {
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        Ok(Self {
+            q: linear(vb.pp("q_proj"), h, c.num_attention_heads * hd, c.attention_bias)?,
+            k: linear(vb.pp("k_proj"), h, c.num_key_value_heads * hd, c.attention_bias)?,
+            v: linear(vb.pp("v_proj"), h, c.num_key_value_heads * hd, c.attention_bias)?,
+            o: linear(vb.pp("o_proj"), c.num_attention_heads * hd, h, c.attention_bias)?,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: hd,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        kv: &mut Option<(Tensor, Tensor)>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        let q = self.q.forward(x)?.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let k = self.k.forward(x)?.reshape((b, n, self.kv_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let v = self.v.forward(x)?.reshape((b, n, self.kv_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let (k, v) = match kv.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        *kv = Some((k.clone(), v.clone()));
+        let rep = self.heads / self.kv_heads;
+        let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
+        let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
+        let in_dtype = q.dtype();
+        let (q, k, v) = (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
+        let mut att = (q.matmul(&k.t()?)? * (self.head_dim as f64).powf(-0.5))?;
+        if let Some(m) = mask {
+            att = att.broadcast_add(m)?;
+        }
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&v)?.to_dtype(in_dtype)?;
+        let y = y.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim))?;
+        self.o.forward(&y)
+    }
+}
+
+struct DecoderLayer {
+    ln1: RmsNorm,
+    attn: Attention,
+    ln2: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl DecoderLayer {
+    fn load(vb: VarBuilder, c: &TextConfig) -> Result<Self> {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        need(&vb, "input_layernorm.weight")?;
+        Ok(Self {
+            ln1: candle_nn::rms_norm(h, c.rms_norm_eps, vb.pp("input_layernorm"))?,
+            attn: Attention::load(vb.pp("self_attn"), c)?,
+            ln2: candle_nn::rms_norm(h, c.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            gate: linear(vb.pp("mlp.gate_proj"), h, i, c.mlp_bias)?,
+            up: linear(vb.pp("mlp.up_proj"), h, i, c.mlp_bias)?,
+            down: linear(vb.pp("mlp.down_proj"), i, h, c.mlp_bias)?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        kv: &mut Option<(Tensor, Tensor)>,
+    ) -> candle_core::Result<Tensor> {
+        let h = (x + self.attn.forward(&self.ln1.forward(x)?, cos, sin, mask, kv)?)?;
+        let n = self.ln2.forward(&h)?;
+        let m = self.down.forward(&(candle_nn::ops::silu(&self.gate.forward(&n)?)? * self.up.forward(&n)?)?)?;
+        h + m
+    }
+}
+
+/// The per-sequence KV cache.
+pub struct Cache {
+    kvs: Vec<Option<(Tensor, Tensor)>>,
+    pub len: usize,
+}
+
+pub struct LlamaModel {
+    embed: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    max_positions: usize,
+}
+
+impl LlamaModel {
+    /// `model` holds `embed_tokens`, `layers.*`, `norm`; `lm_head` the output projection.
+    pub fn load(model: VarBuilder, lm_head: VarBuilder, c: &TextConfig, dtype: DType, device: &Device) -> Result<Self> {
+        need(&model, "embed_tokens.weight")?;
+        let embed = candle_nn::embedding(c.vocab_size, c.hidden_size, model.pp("embed_tokens"))?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| DecoderLayer::load(model.pp(format!("layers.{i}")), c))
+            .collect::<Result<_>>()?;
+        let norm = candle_nn::rms_norm(c.hidden_size, c.rms_norm_eps, model.pp("norm"))?;
+        let lm_head = if lm_head.contains_tensor("weight") {
+            linear(lm_head, c.hidden_size, c.vocab_size, false)?
+        } else if c.tie_word_embeddings {
+            Linear::new(embed.embeddings().clone(), None)
+        } else {
+            return Err(ModelError::Load("missing weight lm_head.weight".into()));
+        };
+        // RoPE tables as transformers computes them: inv_freq in f32, position * inv_freq in f32.
+        let hd = c.head_dim;
+        let inv: Vec<f32> =
+            (0..hd).step_by(2).map(|i| 1.0 / (c.rope_theta as f32).powf(i as f32 / hd as f32)).collect();
+        let n = c.max_position_embeddings;
+        let mut freqs = Vec::with_capacity(n * inv.len());
+        for p in 0..n {
+            for &f in &inv {
+                freqs.push(p as f32 * f);
+            }
+        }
+        let freqs = Tensor::from_vec(freqs, (n, hd / 2), device)?;
+        let cos = freqs.cos()?.to_dtype(dtype)?;
+        let sin = freqs.sin()?.to_dtype(dtype)?;
+        Ok(Self { embed, layers, norm, lm_head, cos, sin, max_positions: n })
+    }
+
+    pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.embed.forward(ids)
+    }
+
+    pub fn new_cache(&self) -> Cache {
+        Cache { kvs: vec![None; self.layers.len()], len: 0 }
+    }
+
+    /// Runs `embeds` (1, n, hidden) after what the cache holds; returns the last position's
+    /// logits in f32, shape (vocab,).
+    pub fn forward_embeds(&self, embeds: &Tensor, cache: &mut Cache) -> Result<Tensor> {
+        let (_, n, _) = embeds.dims3()?;
+        let start = cache.len;
+        if start + n > self.max_positions {
+            return Err(ModelError::Input(format!(
+                "the sequence needs {} positions, more than the model's {} (max_position_embeddings)",
+                start + n,
+                self.max_positions
+            )));
+        }
+        let cos = self.cos.narrow(0, start, n)?;
+        let sin = self.sin.narrow(0, start, n)?;
+        let mask = if n > 1 {
+            let total = start + n;
+            let m: Vec<f32> = (0..n)
+                .flat_map(|i| (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            Some(Tensor::from_vec(m, (1, 1, n, total), embeds.device())?)
+        } else {
+            None
+        };
+        let mut x = embeds.clone();
+        for (layer, kv) in self.layers.iter().zip(cache.kvs.iter_mut()) {
+            x = layer.forward(&x, &cos, &sin, mask.as_ref(), kv)?;
+        }
+        cache.len += n;
+        let last = self.norm.forward(&x.i((.., n - 1..n, ..))?)?;
+        Ok(self.lm_head.forward(&last)?.flatten_all()?.to_dtype(DType::F32)?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// LLaVA
+// ---------------------------------------------------------------------------------------------
+
+pub struct Llava {
+    pub config: LlavaConfig,
+    vision: ClipVisionTower,
+    proj1: Linear,
+    proj2: Linear,
+    pub text: LlamaModel,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+/// The first prefix under which `probe` exists.
+fn pick_prefix<'a>(vb: &VarBuilder, candidates: &[&'a str], probe: &str) -> Option<&'a str> {
+    candidates.iter().copied().find(|p| vb.contains_tensor(&format!("{p}{probe}")))
+}
+
+impl Llava {
+    pub fn load(dir: &Path, config: LlavaConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let files = weight_files(dir)?;
+        // SAFETY: the files are memory-mapped read-only; we never write to them, and a file
+        // changed underneath a running process is outside what any mmap-based loader can prevent.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
+            .map_err(|e| ModelError::Load(format!("{}: {e}", dir.display())))?;
+        let vis = pick_prefix(
+            &vb,
+            &["vision_tower.vision_model.", "vision_tower.", "model.vision_tower.vision_model.", "model.vision_tower."],
+            "embeddings.class_embedding",
+        )
+        .ok_or_else(|| ModelError::Load(format!("{}: no vision tower weights (vision_tower.*)", dir.display())))?;
+        let txt = pick_prefix(&vb, &["language_model.model.", "model.language_model.", "language_model."], "embed_tokens.weight")
+            .ok_or_else(|| ModelError::Load(format!("{}: no text model weights (language_model.*)", dir.display())))?;
+        let head = pick_prefix(&vb, &["language_model.lm_head.", "lm_head."], "weight").unwrap_or("lm_head.");
+        let proj = pick_prefix(&vb, &["multi_modal_projector.", "model.multi_modal_projector."], "linear_1.weight")
+            .ok_or_else(|| ModelError::Load(format!("{}: no projector weights (multi_modal_projector.*)", dir.display())))?;
+        let strip = |p: &str| p.trim_end_matches('.').to_owned();
+
+        // Only the layers up to the deepest selected hidden state are ever run.
+        let n_hidden = config.vision.num_hidden_layers as i64 + 1;
+        let deepest = config
+            .vision_feature_layers
+            .iter()
+            .map(|&l| if l < 0 { n_hidden + l } else { l })
+            .max()
+            .unwrap_or(n_hidden - 1) as usize;
+        let vision = ClipVisionTower::load(vb.pp(strip(vis)), &config.vision, deepest)
+            .map_err(|e| ModelError::Load(format!("{}: vision tower: {e}", dir.display())))?;
+        let feat_in = config.vision.hidden_size * config.vision_feature_layers.len();
+        let th = config.text.hidden_size;
+        let bias = config.multimodal_projector_bias;
+        let pvb = vb.pp(strip(proj));
+        let proj1 = linear(pvb.pp("linear_1"), feat_in, th, bias)
+            .map_err(|e| ModelError::Load(format!("{}: projector: {e}", dir.display())))?;
+        let proj2 = linear(pvb.pp("linear_2"), th, th, bias)
+            .map_err(|e| ModelError::Load(format!("{}: projector: {e}", dir.display())))?;
+        let text = LlamaModel::load(vb.pp(strip(txt)), vb.pp(strip(head)), &config.text, dtype, device)
+            .map_err(|e| ModelError::Load(format!("{}: text model: {e}", dir.display())))?;
+        Ok(Self { config, vision, proj1, proj2, text, device: device.clone(), dtype })
+    }
+
+    /// Projected image features for pixel values (b, 3, H, W): (b * features, text hidden).
+    pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let hs = self.vision.hidden_states(&pixel_values.to_dtype(self.dtype)?)?;
+        let n_hidden = hs.len() as i64; // deepest + 1 states; indices are relative to the full tuple
+        let full = self.config.vision.num_hidden_layers as i64 + 1;
+        let mut picked = Vec::new();
+        for &l in &self.config.vision_feature_layers {
+            let idx = if l < 0 { full + l } else { l };
+            if idx < 0 || idx >= n_hidden {
+                return Err(ModelError::Input(format!("vision feature layer {l} out of range")));
+            }
+            let mut h = hs[idx as usize].clone();
+            if self.config.select_strategy == SelectStrategy::Default {
+                let n = h.dim(1)?;
+                h = h.narrow(1, 1, n - 1)?;
+            }
+            picked.push(h);
+        }
+        let feats = Tensor::cat(&picked, D::Minus1)?;
+        let x = act(&self.config.projector_hidden_act, &self.proj1.forward(&feats)?)?;
+        let x = self.proj2.forward(&x)?;
+        let (b, n, h) = x.dims3()?;
+        Ok(x.reshape((b * n, h))?)
+    }
+
+    /// Token embeddings with the image features written over the image-token positions.
+    pub fn merged_embeddings(&self, ids: &[u32], image_features: Option<&Tensor>) -> Result<Tensor> {
+        let ids_t = Tensor::new(ids, &self.device)?;
+        let emb = self.text.embed(&ids_t)?;
+        let image_id = self.config.image_token_id;
+        let n_img = ids.iter().filter(|&&t| t == image_id).count();
+        let n_feat = image_features.map_or(Ok(0), |f| f.dim(0))?;
+        if n_img != n_feat {
+            return Err(ModelError::Input(format!(
+                "the prompt has {n_img} image tokens but the images give {n_feat} features"
+            )));
+        }
+        if n_img == 0 {
+            return Ok(emb.unsqueeze(0)?);
+        }
+        let feats = image_features.map(|f| f.to_dtype(emb.dtype())).transpose()?;
+        let mut parts = Vec::new();
+        let (mut i, mut f) = (0usize, 0usize);
+        while i < ids.len() {
+            let is_img = ids[i] == image_id;
+            let mut j = i;
+            while j < ids.len() && (ids[j] == image_id) == is_img {
+                j += 1;
+            }
+            if is_img {
+                if let Some(feats) = &feats {
+                    parts.push(feats.narrow(0, f, j - i)?);
+                }
+                f += j - i;
+            } else {
+                parts.push(emb.narrow(0, i, j - i)?);
+            }
+            i = j;
+        }
+        Ok(Tensor::cat(&parts, 0)?.unsqueeze(0)?)
+    }
+
+    /// Greedy decoding: the first step's logits and the generated tokens (stops after
+    /// `max_new_tokens` or at the first of `eos` when given; the EOS token is included).
+    pub fn greedy(
+        &self,
+        ids: &[u32],
+        pixel_values: Option<&Tensor>,
+        max_new_tokens: usize,
+        eos: &[u32],
+    ) -> Result<(Tensor, Vec<u32>)> {
+        let feats = pixel_values.map(|p| self.image_features(p)).transpose()?;
+        let embeds = self.merged_embeddings(ids, feats.as_ref())?;
+        let mut cache = self.text.new_cache();
+        let mut logits = self.text.forward_embeds(&embeds, &mut cache)?;
+        let first = logits.clone();
+        let mut out = Vec::new();
+        for step in 0..max_new_tokens {
+            let next = logits.argmax(0)?.to_scalar::<u32>()?;
+            out.push(next);
+            if eos.contains(&next) || step + 1 == max_new_tokens {
+                break;
+            }
+            let e = self.text.embed(&Tensor::new(&[next], &self.device)?)?.unsqueeze(0)?;
+            logits = self.text.forward_embeds(&e, &mut cache)?;
+        }
+        Ok((first, out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProcessorConfig;
+    use crate::{image_proc, npy};
+
+    /// First-step logits and 24 greedy tokens against transformers, from the golden input ids.
+    #[test]
+    fn llava_hf_logits_and_greedy_tokens_match_goldens() {
+        let fx = crate::test_util::fixtures();
+        let dir = fx.join("checkpoints/llava_hf");
+        let golden: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fx.join("golden/llava_hf/golden.json")).unwrap()).unwrap();
+        let cfg = LlavaConfig::from_dir(&dir).unwrap();
+        let proc = ProcessorConfig::from_dir(&dir).unwrap();
+        let model = Llava::load(&dir, cfg, DType::F32, &Device::Cpu).unwrap();
+        let mut table = String::from("image      prompt     max|dlogit|   tokens equal\n");
+        let mut worst = 0f32;
+        let mut all_equal = true;
+        for case in golden["cases"].as_array().unwrap() {
+            let image = case["image"].as_str().unwrap();
+            let ids: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let (px, h, w) = image_proc::preprocess(&fx.join(image), &proc.image).unwrap();
+            let px = Tensor::from_vec(px, (1, 3, h, w), &Device::Cpu).unwrap();
+            let want_tokens: Vec<u32> =
+                case["greedy_tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let (logits, tokens) = model.greedy(&ids, Some(&px), want_tokens.len(), &[]).unwrap();
+            let logits: Vec<f32> = logits.to_vec1().unwrap();
+            let lname = case["first_step_logits"]["npy"].as_str().unwrap();
+            let want = npy::read_f32(&fx.join("golden/llava_hf").join(lname)).unwrap();
+            assert_eq!(want.data.len(), logits.len());
+            let d = logits.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            worst = worst.max(d);
+            let eq = tokens == want_tokens;
+            all_equal &= eq;
+            table += &format!("{:<10} {:<10} {:<13.3e} {}\n", image.trim_start_matches("images/"), case["prompt_id"].as_str().unwrap(), d, eq);
+        }
+        println!("{table}");
+        assert!(worst <= 1e-4, "{table}");
+        assert!(all_equal, "{table}");
+    }
+}
