@@ -30,6 +30,14 @@ fn read_json(path: &Path) -> Result<Value, PromptError> {
     serde_json::from_str(&read(path)?).map_err(|e| PromptError::Read { path: path.to_owned(), message: e.to_string() })
 }
 
+/// What Python's text mode makes of a file (transformers opens `chat_template.jinja` with
+/// `open(path, encoding="utf-8")`): `\r\n` and lone `\r` read as `\n`. A checkpoint that went
+/// through a Windows checkout has CRLF inside the template's string literals; transformers never
+/// sees them.
+pub fn universal_newlines(s: &str) -> String {
+    s.replace("\r\n", "\n").replace('\r', "\n")
+}
+
 /// A template field: a string, or a list of named templates (the `default` one is taken).
 fn template_field(v: &Value) -> Option<String> {
     match v {
@@ -48,7 +56,7 @@ fn template_field(v: &Value) -> Option<String> {
 pub fn load_chat_template(dir: &Path) -> Result<String, PromptError> {
     let jinja = dir.join("chat_template.jinja");
     if jinja.is_file() {
-        return read(&jinja);
+        return Ok(universal_newlines(&read(&jinja)?));
     }
     for (file, key) in [
         ("chat_template.json", "chat_template"),
@@ -262,13 +270,24 @@ mod tests {
     }
 
     #[test]
-    fn real_llava_1_5_template_renders_text_after_image() {
-        let dir = Path::new("/work/shared/checkpoints/llava-hf__llava-1.5-7b-hf");
+    fn real_llava_1_5_templates_render_image_then_text() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/checkpoints/llava-hf__llava-1.5-7b-hf");
         if !dir.join("chat_template.json").is_file() {
-            println!("SKIPPED: {} absent", dir.display());
+            println!("SKIPPED: {} absent (the real checkpoint's config files)", dir.display());
             return;
         }
-        let t = ChatTemplate::from_dir(dir).unwrap();
+        // The folder holds both files; the .jinja one (read first, like transformers) has CRLF line
+        // ends from the checkout it was copied from, which Python's text mode reads as LF.
+        let t = ChatTemplate::from_dir(&dir).unwrap();
         assert_eq!(t.render(&user("Hi?")).unwrap(), "USER: <image>\nHi? ASSISTANT:");
+        let json = read_json(&dir.join("chat_template.json")).unwrap();
+        let src = json.get("chat_template").and_then(template_field).unwrap();
+        let t = ChatTemplate::new(&src, special_tokens(&dir).unwrap()).unwrap();
+        assert_eq!(t.render(&user("Hi?")).unwrap(), "USER: <image>\nHi? ASSISTANT:");
+    }
+
+    #[test]
+    fn template_files_read_with_universal_newlines() {
+        assert_eq!(universal_newlines("a\r\nb\rc\nd"), "a\nb\nc\nd");
     }
 }
