@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rand::Rng;
 use vlsbench_plugin_api::{
-    BackendConfig, BackendError, ChatMessage, ContentPart, ErrorKind, GenerateRequest, GenerationSettings, Role,
+    BackendConfig, BackendError, ChatMessage, ContentPart, ErrorKind, GenerateRequest, Generation, GenerationSettings,
+    Role,
 };
 
 use crate::backend::{self, Backend, BackendLibrary};
@@ -237,6 +238,34 @@ fn backend_config(model: &ModelSection, base_dir: &Path) -> BackendConfig {
     }
 }
 
+/// Checks, before any model is loaded, that the local paths a backend will read exist: the
+/// checkpoint folder when the backend says it is one, and the options it names as paths.
+pub fn check_local_paths(lib: &BackendLibrary, model: &ModelSection, base_dir: &Path) -> anyhow::Result<()> {
+    let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { base_dir.join(p) };
+    if lib.info.checkpoint_is_path {
+        let Some(ck) = model.checkpoint.as_deref() else {
+            bail!("arch {} needs `checkpoint = \"<folder>\"`: the checkpoint folder to load", model.arch);
+        };
+        let dir = resolve(ck);
+        if !dir.is_dir() {
+            bail!(
+                "checkpoint {}: {} (set `checkpoint` to the folder that holds the model's config.json and weights)",
+                dir.display(),
+                if dir.exists() { "not a folder" } else { "no such folder" }
+            );
+        }
+    }
+    for key in &lib.info.path_options {
+        if let Some(v) = model.options.get(key).and_then(|v| v.as_str()) {
+            let p = resolve(v);
+            if !p.exists() {
+                bail!("options.{key} {}: no such file or folder", p.display());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A backend created on first use, so a resumed run whose answers are all stored never loads the
 /// model.
 struct LazyBackend {
@@ -335,6 +364,8 @@ pub fn prepare(manifest: LoadedManifest, opts: &RunOptions) -> anyhow::Result<Pr
     }
     let model_library = backend::find(&m.model.arch, m.model.backend.as_deref(), &manifest.base_dir, &dirs)
         .with_context(|| format!("{}: [model]", manifest.path.display()))?;
+    check_local_paths(&model_library, &m.model, &manifest.base_dir)
+        .with_context(|| format!("{}: [model]", manifest.path.display()))?;
     let model_provenance = answer_provenance(&model_library, &m.model, m.model.settings());
 
     let engine = JudgeEngine::new(opts.cache_dir.clone()).context("cannot start the judge engine")?;
@@ -359,6 +390,10 @@ pub fn prepare(manifest: LoadedManifest, opts: &RunOptions) -> anyhow::Result<Pr
         ),
         _ => None,
     };
+    if let (Some(jm), Some(lib)) = (&m.judge.model, &judge_model_library) {
+        check_local_paths(lib, jm, &manifest.base_dir)
+            .with_context(|| format!("{}: [judge.model]", manifest.path.display()))?;
+    }
     let judge_model_provenance = match (&m.judge.model, &judge_model_library) {
         (Some(jm), Some(lib)) => Some(answer_provenance(lib, jm, jm.generation.clone())),
         _ => None,
@@ -448,29 +483,103 @@ impl Pipeline<'_> {
         self.cancel.store(true, Ordering::Relaxed);
     }
 
-    /// Generates (unless stored) then judges (unless stored) one item.
-    fn process(&self, item: &Item) -> anyhow::Result<()> {
-        let id = item.instruction_id;
+    /// Generates (unless stored) then judges (unless stored) a batch of items: the items that need
+    /// an answer go to the backend in one `generate` call (a backend that declares `max_batch` 1
+    /// gets batches of one), then each answer is judged.
+    fn process_batch(&self, batch: &[&Item]) -> anyhow::Result<()> {
         let p = self.prepared;
-        let answer: String = if let Some(a) = store::reusable_answer(self.stored, id, &p.model_provenance) {
-            a.to_string()
-        } else if self.judge_only {
-            return Ok(());
-        } else {
+        let mut answers: Vec<Option<String>> = Vec::with_capacity(batch.len());
+        let mut todo = Vec::new();
+        for (k, item) in batch.iter().enumerate() {
+            match store::reusable_answer(self.stored, item.instruction_id, &p.model_provenance) {
+                Some(a) => answers.push(Some(a.to_string())),
+                None => {
+                    answers.push(None);
+                    todo.push(k);
+                }
+            }
+        }
+        if !todo.is_empty() && !self.judge_only {
+            let generated = self.generate(&todo.iter().map(|&k| batch[k]).collect::<Vec<_>>())?;
+            for (k, a) in todo.into_iter().zip(generated) {
+                answers[k] = a;
+            }
+        }
+        for (item, answer) in batch.iter().zip(answers) {
+            if self.cancelled() {
+                break;
+            }
+            if let Some(answer) = answer {
+                self.judge_one(item, &answer)?;
+            }
+            self.progress.done.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Answers for `items` (none stored): one batched call, then each item whose result is a
+    /// retryable error tried again on its own. Records every outcome; `None` where there is no
+    /// answer (an error, or a cancellation that leaves the item for the next run).
+    fn generate(&self, items: &[&Item]) -> anyhow::Result<Vec<Option<String>>> {
+        let p = self.prepared;
+        let mut requests = Vec::with_capacity(items.len());
+        for item in items {
             let image = p.dataset.image_file(item).context("image was not validated")?;
-            let request = GenerateRequest {
-                id: id.to_string(),
+            requests.push(GenerateRequest {
+                id: item.instruction_id.to_string(),
                 messages: PromptStyle::for_arch(&p.manifest.manifest.model.arch).messages(&item.instruction, image),
                 settings: p.model_provenance.settings.clone(),
                 response_format: None,
-            };
-            let start = Instant::now();
-            let tried = with_retries(&self.policy, &self.cancel, &self.progress, || {
-                self.model.get().and_then(|b| b.generate_one(&request))
             });
-            let (result, attempts) = match tried {
-                Tried::Done(r, n) => (r, n),
-                Tried::Cancelled => return Ok(()),
+        }
+        let start = Instant::now();
+        let mut results: Vec<Option<(Result<Generation, BackendError>, u32)>> = if requests.len() == 1 {
+            vec![None]
+        } else {
+            match with_retries(&self.policy, &self.cancel, &self.progress, || {
+                self.model.get().and_then(|b| b.generate(&requests))
+            }) {
+                Tried::Done(Ok(rs), n) if rs.len() == requests.len() => rs.into_iter().map(|r| Some((r, n))).collect(),
+                Tried::Done(Ok(rs), n) => {
+                    let e = BackendError::model_failure(format!(
+                        "the backend returned {} results for {} requests",
+                        rs.len(),
+                        requests.len()
+                    ));
+                    requests.iter().map(|_| Some((Err(e.clone()), n))).collect()
+                }
+                Tried::Done(Err(e), n) => requests.iter().map(|_| Some((Err(e.clone()), n))).collect(),
+                Tried::Cancelled => return Ok(vec![None; items.len()]),
+            }
+        };
+        let batch_ms = start.elapsed().as_millis() as u64 / requests.len().max(1) as u64;
+        let mut out = Vec::with_capacity(items.len());
+        for ((item, request), slot) in items.iter().zip(&requests).zip(results.iter_mut()) {
+            let id = item.instruction_id;
+            let item_start = Instant::now();
+            // A batch member that failed retryably is tried again alone, counting the batch's try.
+            let (result, attempts) = match slot.take() {
+                Some((Err(e), n)) if e.kind.is_retryable() && n < self.policy.max_tries => {
+                    match with_retries(&self.policy, &self.cancel, &self.progress, || {
+                        self.model.get().and_then(|b| b.generate_one(request))
+                    }) {
+                        Tried::Done(r, m) => (r, n + m),
+                        Tried::Cancelled => {
+                            out.push(None);
+                            continue;
+                        }
+                    }
+                }
+                Some(done) => done,
+                None => match with_retries(&self.policy, &self.cancel, &self.progress, || {
+                    self.model.get().and_then(|b| b.generate_one(request))
+                }) {
+                    Tried::Done(r, n) => (r, n),
+                    Tried::Cancelled => {
+                        out.push(None);
+                        continue;
+                    }
+                },
             };
             let outcome = match &result {
                 Ok(g) => AnswerOutcome::Ok { answer: strip_answer(&g.text).to_string() },
@@ -481,28 +590,31 @@ impl Pipeline<'_> {
                 outcome,
                 provenance: p.model_provenance.clone(),
                 attempts,
-                elapsed_ms: start.elapsed().as_millis() as u64,
+                elapsed_ms: batch_ms + item_start.elapsed().as_millis() as u64,
             };
             self.store.append_answer(&record)?;
             let answer = record.outcome.answer().map(str::to_string);
             self.answers.lock().unwrap_or_else(|e| e.into_inner()).insert(id, record);
-            match answer {
-                Some(a) => a,
-                None => {
-                    if let Err(e) = &result {
-                        tracing::warn!("item {id}: generation failed: {e}");
-                        if e.kind == ErrorKind::BadConfig {
-                            // The model cannot be created: every other item would fail the same way.
-                            self.fail(anyhow::anyhow!("cannot create the model under test: {e}"));
-                        }
-                    }
-                    self.progress.generation_errors.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+            if answer.is_none()
+                && let Err(e) = &result
+            {
+                tracing::warn!("item {id}: generation failed: {e}");
+                if e.kind == ErrorKind::BadConfig {
+                    // The model cannot be created: every other item would fail the same way.
+                    self.fail(anyhow::anyhow!("cannot create the model under test: {e}"));
                 }
+                self.progress.generation_errors.fetch_add(1, Ordering::Relaxed);
             }
-        };
+            out.push(answer);
+        }
+        Ok(out)
+    }
 
-        if store::reusable_verdict(self.stored, id, &answer, &p.judge_provenance).is_some() {
+    /// Judges one answer unless a verdict for it is stored.
+    fn judge_one(&self, item: &Item, answer: &str) -> anyhow::Result<()> {
+        let id = item.instruction_id;
+        let p = self.prepared;
+        if store::reusable_verdict(self.stored, id, answer, &p.judge_provenance).is_some() {
             return Ok(());
         }
         let chat = JudgeChat {
@@ -521,7 +633,7 @@ impl Pipeline<'_> {
             image: p.dataset.image_file(item),
         };
         let start = Instant::now();
-        let result = p.judge.judge(&self.judge_config, &judge_item, &answer, p.grants, &p.limits, &chat);
+        let result = p.judge.judge(&self.judge_config, &judge_item, answer, p.grants, &p.limits, &chat);
         if self.cancelled() && result.is_err() {
             // The failure may come from the cancellation itself: leave the item for the next run.
             return Ok(());
@@ -536,7 +648,7 @@ impl Pipeline<'_> {
         };
         let record = VerdictRecord {
             id,
-            answer_sha256: store::sha256_hex(&answer),
+            answer_sha256: store::sha256_hex(answer),
             outcome,
             provenance: p.judge_provenance.clone(),
             attempts: 1,
@@ -634,6 +746,8 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
     bar.set_position(0);
     let next = AtomicUsize::new(0);
     let workers = m.manifest.run.concurrency.min(total).max(1);
+    // Items go to the model in batches as large as the backend accepts (1 when it batches nothing).
+    let batch_size = (prepared.model_library.info.max_batch.max(1) as usize).min(total.div_ceil(workers).max(1));
     let started = Instant::now();
     let monitor_done = AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -645,13 +759,16 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
                         if pipeline.cancelled() {
                             break;
                         }
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(item) = items.get(i) else { break };
-                        if let Err(e) = pipeline.process(item) {
-                            pipeline.fail(e.context(format!("item {}", item.instruction_id)));
+                        let i = next.fetch_add(batch_size, Ordering::Relaxed);
+                        let batch: Vec<&Item> = items.iter().skip(i).take(batch_size).collect();
+                        if batch.is_empty() {
                             break;
                         }
-                        pipeline.progress.done.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = pipeline.process_batch(&batch) {
+                            let ids: Vec<String> = batch.iter().map(|i| i.instruction_id.to_string()).collect();
+                            pipeline.fail(e.context(format!("item(s) {}", ids.join(", "))));
+                            break;
+                        }
                     }
                 })
             })

@@ -241,6 +241,14 @@ pub struct BackendInfo {
     pub concurrent: bool,
     /// Devices it can run on (`cpu`, `cuda`, `remote`, ...).
     pub devices: Vec<String>,
+    /// Whether `checkpoint` names a local folder (local models) rather than a model name (APIs):
+    /// the host then checks that the folder exists before it creates the backend, and
+    /// `vlsbench-host validate` reports a missing one.
+    #[serde(default)]
+    pub checkpoint_is_path: bool,
+    /// Option keys whose values are local paths the backend reads (checked like the checkpoint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path_options: Vec<String>,
 }
 
 /// What the host passes when it creates a backend instance.

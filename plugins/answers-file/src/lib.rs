@@ -100,6 +100,8 @@ impl Backend for AnswersFile {
             max_batch: 1024,
             concurrent: true,
             devices: vec!["cpu".into()],
+            checkpoint_is_path: false,
+            path_options: vec!["path".into()],
         }
     }
 

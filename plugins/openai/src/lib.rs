@@ -210,6 +210,8 @@ impl Backend for OpenAiBackend {
             max_batch: 1,
             concurrent: true,
             devices: vec!["remote".into()],
+            checkpoint_is_path: false,
+            path_options: vec![],
         }
     }
 
