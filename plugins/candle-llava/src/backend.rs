@@ -1,25 +1,53 @@
-//! The vlsbench [`Backend`]: arch `llava_hf`, greedy decoding on CPU (CUDA with the `cuda`
-//! feature).
+//! The vlsbench [`Backend`]: arch `llava_hf` (LLaVA-1.5) and arch `llava_next` (LLaVA-NeXT,
+//! anyres tiling), both HF-format checkpoints, and arch `llava` (original-format LLaVA-1.5, run
+//! the way the LLaVA code base runs it); greedy decoding on CPU (CUDA with the `cuda` feature).
+//! The checkpoint's format and `model_type` must be the manifest's arch.
+//!
+//! `generate` batches: the requests of one call are prepared one by one (an item that cannot be
+//! prepared fails alone), then decoded together, left-padded, [`MAX_BATCH`] at a time.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use vlsbench_plugin_api::{Backend, BackendConfig, BackendError, BackendInfo, ContentPart, GenerateRequest, Generation};
+use vlsbench_plugin_api::{
+    Backend, BackendConfig, BackendError, BackendInfo, ContentPart, GenerateRequest, Generation,
+};
 
-use crate::config::{self, LlavaConfig, ProcessorConfig};
+use crate::anyres::{self, TokenCount};
+use crate::config::{self, ImageProcessorKind, ModelConfig, ModelType, ProcessorConfig};
+use crate::conversation::{self, PromptToken};
 use crate::image_proc;
-use crate::model::{Llava, ModelError};
+use crate::model::{Llava, ModelError, PixelInput};
+use crate::original::{self, OriginalCheckpoint};
 use crate::prompt::{ChatTemplate, PromptTokenizer};
+use crate::sentencepiece::SlowLlamaTokenizer;
 
 pub const ARCH_LLAVA_HF: &str = "llava_hf";
+pub const ARCH_LLAVA_NEXT: &str = "llava_next";
+pub const ARCH_LLAVA: &str = "llava";
+/// The most requests decoded together; `describe` says so to the host.
+pub const MAX_BATCH: usize = 8;
 
-/// One loaded HF-format LLaVA checkpoint.
+/// How prompts and images become model inputs.
+enum Frontend {
+    /// HF format: the chat template, `tokenizer.json`, the HF image processor.
+    Hf {
+        model_type: ModelType,
+        processor: ProcessorConfig,
+        /// LLaVA-NeXT: how the processor counts an image's tokens.
+        token_count: Option<TokenCount>,
+        template: ChatTemplate,
+        tokenizer: PromptTokenizer,
+    },
+    /// Original format: the `llava_v1` conversation, SentencePiece, `expand2square` + CLIP.
+    Original { checkpoint: OriginalCheckpoint, tokenizer: SlowLlamaTokenizer },
+}
+
+/// One loaded LLaVA checkpoint.
 pub struct CandleLlava {
     checkpoint: PathBuf,
     model: Llava,
-    processor: ProcessorConfig,
-    template: ChatTemplate,
-    tokenizer: PromptTokenizer,
+    frontend: Frontend,
     eos: Vec<u32>,
 }
 
@@ -38,9 +66,10 @@ fn parse_device(s: Option<&str>) -> Result<Device, BackendError> {
         d if d == "cuda" || d.starts_with("cuda:") => {
             #[cfg(feature = "cuda")]
             {
-                let ord = d.strip_prefix("cuda:").map_or(Ok(0), |n| n.parse::<usize>()).map_err(|_| {
-                    BackendError::bad_config(format!("device {d:?}: expected cuda or cuda:<ordinal>"))
-                })?;
+                let ord = d
+                    .strip_prefix("cuda:")
+                    .map_or(Ok(0), |n| n.parse::<usize>())
+                    .map_err(|_| BackendError::bad_config(format!("device {d:?}: expected cuda or cuda:<ordinal>")))?;
                 Device::new_cuda(ord).map_err(|e| BackendError::bad_config(format!("device {d}: {e}")))
             }
             #[cfg(not(feature = "cuda"))]
@@ -50,100 +79,358 @@ fn parse_device(s: Option<&str>) -> Result<Device, BackendError> {
     }
 }
 
+/// A model error as the host sees it: bad input is the item's fault, anything else the model's.
+fn model_error(item: &str, e: ModelError) -> BackendError {
+    match e {
+        ModelError::Input(m) => BackendError::bad_request(format!("item {item}: {m}")),
+        e => BackendError::model_failure(format!("item {item}: {e}")),
+    }
+}
+
+/// The same error for every member of a failed batch.
+fn clone_model_error(e: &ModelError) -> ModelError {
+    match e {
+        ModelError::Input(m) => ModelError::Input(m.clone()),
+        other => ModelError::Load(other.to_string()),
+    }
+}
+
+/// The image processor a checkpoint runs: the one its files name, which must suit the model type,
+/// or (unnamed) the model type's own, as transformers' `AutoImageProcessor` falls back to it.
+fn check_image_processor(model_type: ModelType, processor: &ProcessorConfig, dir: &Path) -> Result<(), BackendError> {
+    let wanted = match model_type {
+        ModelType::Llava => ImageProcessorKind::Clip,
+        ModelType::LlavaNext => ImageProcessorKind::LlavaNext,
+    };
+    match processor.image.kind {
+        Some(kind) if kind != wanted => Err(BackendError::bad_config(format!(
+            "{}: the image processor is {kind:?}, but model_type {:?} needs {wanted:?}",
+            dir.display(),
+            model_type.as_str()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl CandleLlava {
+    /// Loads a checkpoint as whatever its `config.json` says it is (`llava` or `llava_next`).
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, BackendError> {
+        Self::load_as(dir, None, dtype, device)
+    }
+
+    /// Loads a checkpoint, checking first that its `model_type` is served as `arch` when given.
+    pub fn load_as(dir: &Path, arch: Option<&str>, dtype: DType, device: &Device) -> Result<Self, BackendError> {
         if !dir.is_dir() {
             return Err(BackendError::bad_config(format!("checkpoint {} is not a directory", dir.display())));
         }
         let bad = |e: &dyn std::fmt::Display| BackendError::bad_config(e.to_string());
-        let cfg = LlavaConfig::from_dir(dir).map_err(|e| bad(&e))?;
+        let cfg = ModelConfig::from_dir(dir).map_err(|e| bad(&e))?;
+        let model_type = cfg.model_type;
+        if let Some(arch) = arch
+            && arch != model_type.arch()
+        {
+            return Err(BackendError::bad_config(format!(
+                "{}: config.json's model_type {:?} is arch {}, but the manifest says arch {arch}",
+                dir.display(),
+                model_type.as_str(),
+                model_type.arch()
+            )));
+        }
         let processor = ProcessorConfig::from_dir(dir).map_err(|e| bad(&e))?;
+        check_image_processor(model_type, &processor, dir)?;
+        let token_count = match model_type {
+            ModelType::Llava => None,
+            ModelType::LlavaNext => {
+                let grid = processor.image.grid_pinpoints();
+                if grid != cfg.image_grid_pinpoints {
+                    return Err(BackendError::bad_config(format!(
+                        "{}: the image processor's image_grid_pinpoints {grid:?} differ from config.json's {:?}",
+                        dir.display(),
+                        cfg.image_grid_pinpoints
+                    )));
+                }
+                // Without a patch_size the processor cannot count; count what the model packs.
+                Some(TokenCount::from_processor(&processor).unwrap_or_else(|| TokenCount::from_model(&cfg)))
+            }
+        };
         let template = ChatTemplate::from_dir(dir).map_err(|e| bad(&e))?;
         let tokenizer = PromptTokenizer::from_dir(dir).map_err(|e| bad(&e))?;
         let eos = match config::generation_eos_ids(dir).map_err(|e| bad(&e))? {
             Some(e) => e,
-            None => cfg.text.eos_token_ids.clone(),
+            None => cfg.llava.text.eos_token_ids.clone(),
         };
-        let model = Llava::load(dir, cfg, dtype, device).map_err(|e| bad(&e))?;
-        Ok(Self { checkpoint: dir.to_owned(), model, processor, template, tokenizer, eos })
+        let model = match model_type {
+            ModelType::Llava => Llava::load(dir, cfg.llava, dtype, device),
+            ModelType::LlavaNext => Llava::load_next(dir, cfg.llava, cfg.image_grid_pinpoints, dtype, device),
+        }
+        .map_err(|e| bad(&e))?;
+        let frontend = Frontend::Hf { model_type, processor, token_count, template, tokenizer };
+        Ok(Self { checkpoint: dir.to_owned(), model, frontend, eos })
     }
 
-    /// Token ids and pixel values for one request.
-    pub fn prepare(&self, req: &GenerateRequest) -> Result<(Vec<u32>, Option<Tensor>), BackendError> {
-        let item = &req.id;
-        let mut pixels = Vec::new();
-        let mut n_tokens = Vec::new();
-        for m in &req.messages {
-            for part in &m.content {
-                if let ContentPart::Image { path } = part {
-                    let (px, h, w) = image_proc::preprocess(path, &self.processor.image)
-                        .map_err(|e| BackendError::bad_request(format!("item {item}: {e}")))?;
-                    let n = self
-                        .processor
-                        .num_image_tokens(h, w)
-                        .unwrap_or_else(|| self.model.config.image_features_per_image());
-                    n_tokens.push(n);
-                    pixels.push(
-                        Tensor::from_vec(px, (1, 3, h, w), &self.model.device)
-                            .map_err(|e| BackendError::model_failure(e.to_string()))?,
-                    );
-                }
-            }
+    /// Loads an original-format checkpoint (arch `llava`); `vision_tower` is the CLIP folder
+    /// (default: `mm_vision_tower` when it is a folder).
+    pub fn load_original(
+        dir: &Path,
+        vision_tower: Option<&Path>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, BackendError> {
+        if !dir.is_dir() {
+            return Err(BackendError::bad_config(format!("checkpoint {} is not a directory", dir.display())));
         }
-        let rendered = self
-            .template
-            .render(&req.messages)
-            .map_err(|e| BackendError::bad_request(format!("item {item}: {e}")))?;
-        let n = n_tokens.first().copied().unwrap_or(0);
-        if n_tokens.iter().any(|&k| k != n) {
-            return Err(BackendError::bad_request(format!("item {item}: images of different sizes")));
-        }
-        let ids = self
-            .tokenizer
-            .encode(&rendered, &self.processor.image_token, n)
-            .map_err(|e| BackendError::bad_request(format!("item {item}: {e}")))?;
-        let px = if pixels.is_empty() {
-            None
-        } else {
-            Some(Tensor::cat(&pixels, 0).map_err(|e| BackendError::model_failure(e.to_string()))?)
-        };
-        Ok((ids, px))
-    }
-
-    pub fn generate_one(&self, req: &GenerateRequest) -> Result<Generation, BackendError> {
-        let item = &req.id;
-        if req.response_format.is_some() {
-            return Err(BackendError::unsupported(format!("item {item}: response formats are not supported by llava_hf")));
-        }
-        if req.settings.temperature.is_some_and(|t| t > 0.0) {
-            return Err(BackendError::unsupported(format!("item {item}: only greedy decoding (temperature 0) is supported")));
-        }
-        let max_new = req.settings.max_new_tokens.unwrap_or(128) as usize;
-        let (ids, px) = self.prepare(req)?;
-        let room = self.model.config.text.max_position_embeddings.saturating_sub(ids.len());
-        if room == 0 {
-            return Err(BackendError::bad_request(format!(
-                "item {item}: the prompt has {} tokens, the model's context is {}",
-                ids.len(),
-                self.model.config.text.max_position_embeddings
+        let bad = |e: &dyn std::fmt::Display| BackendError::bad_config(e.to_string());
+        let checkpoint = OriginalCheckpoint::from_dir(dir, vision_tower).map_err(|e| bad(&e))?;
+        let tok_path = dir.join("tokenizer.model");
+        if !tok_path.is_file() {
+            return Err(BackendError::bad_config(format!(
+                "{}: missing (an original-format checkpoint ships its SentencePiece tokenizer.model)",
+                tok_path.display()
             )));
         }
-        let budget = max_new.min(room);
-        let (_, mut tokens) = self.model.greedy(&ids, px.as_ref(), budget, &self.eos).map_err(|e| match e {
-            ModelError::Input(m) => BackendError::bad_request(format!("item {item}: {m}")),
-            e => BackendError::model_failure(format!("item {item}: {e}")),
-        })?;
+        let tokenizer = SlowLlamaTokenizer::from_file(&tok_path).map_err(|e| bad(&e))?;
+        let model = Llava::load_original(&checkpoint, dtype, device).map_err(|e| bad(&e))?;
+        let eos = checkpoint.eos.clone();
+        Ok(Self { checkpoint: dir.to_owned(), model, frontend: Frontend::Original { checkpoint, tokenizer }, eos })
+    }
+
+    /// The vlsbench arch this checkpoint is served as.
+    pub fn arch(&self) -> &'static str {
+        match &self.frontend {
+            Frontend::Hf { model_type, .. } => model_type.arch(),
+            Frontend::Original { .. } => ARCH_LLAVA,
+        }
+    }
+
+    /// LLaVA-1.5: one (1, 3, H, W) tile and `LlavaProcessor`'s token count.
+    fn clip_image(&self, processor: &ProcessorConfig, path: &Path) -> Result<(PixelInput, usize), String> {
+        let (px, h, w) = image_proc::preprocess(path, &processor.image).map_err(|e| e.to_string())?;
+        let n = processor.num_image_tokens(h, w).unwrap_or_else(|| self.model.config.image_features_per_image());
+        let px = Tensor::from_vec(px, (1, 3, h, w), &self.model.device).map_err(|e| e.to_string())?;
+        Ok((PixelInput::Single(px), n))
+    }
+
+    /// LLaVA-NeXT: the base image and the grid's tiles, and `LlavaNextProcessor`'s token count.
+    fn anyres_image(
+        &self,
+        processor: &ProcessorConfig,
+        path: &Path,
+        count: &TokenCount,
+    ) -> Result<(PixelInput, usize), String> {
+        let px = anyres::preprocess(path, &processor.image).map_err(|e| e.to_string())?;
+        let n = count.num_image_tokens(px.image_size, (px.height, px.width)).map_err(|e| e.to_string())?;
+        let tiles = Tensor::from_vec(px.values, (px.num_patches, 3, px.height, px.width), &self.model.device)
+            .map_err(|e| e.to_string())?;
+        Ok((PixelInput::Anyres { tiles, image_size: px.image_size }, n))
+    }
+
+    /// Token ids and each image's pixel values for one request, as the checkpoint's processor
+    /// (or, for the original format, the LLaVA code base) makes them. Image positions hold the
+    /// model's image token id, once per feature row.
+    pub fn prepare(&self, req: &GenerateRequest) -> Result<(Vec<u32>, Vec<PixelInput>), BackendError> {
+        let item = &req.id;
+        let bad = |e: &dyn std::fmt::Display| BackendError::bad_request(format!("item {item}: {e}"));
+        let image_paths: Vec<&Path> = req
+            .messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .filter_map(|p| match p {
+                ContentPart::Image { path } => Some(path.as_path()),
+                ContentPart::Text { .. } => None,
+            })
+            .collect();
+        let (processor, model_type, token_count, template, tokenizer) = match &self.frontend {
+            Frontend::Hf { model_type, processor, token_count, template, tokenizer } => {
+                (processor, *model_type, token_count, template, tokenizer)
+            }
+            Frontend::Original { checkpoint, tokenizer } => {
+                return self.prepare_original(req, &image_paths, checkpoint, tokenizer);
+            }
+        };
+        let mut images = Vec::new();
+        let mut n_tokens = Vec::new();
+        for path in image_paths {
+            let (image, n) = match token_count {
+                None => self.clip_image(processor, path),
+                Some(count) => self.anyres_image(processor, path, count),
+            }
+            .map_err(|e| bad(&e))?;
+            images.push(image);
+            n_tokens.push(n);
+        }
+        let rendered = template.render(&req.messages).map_err(|e| bad(&e))?;
+        let token = &processor.image_token;
+        let ids = match model_type {
+            ModelType::Llava => {
+                let n = n_tokens.first().copied().unwrap_or(0);
+                if n_tokens.iter().any(|&k| k != n) {
+                    return Err(bad(&"images of different sizes"));
+                }
+                tokenizer.encode(&rendered, token, n)
+            }
+            ModelType::LlavaNext => {
+                // Each image has its own count; the text is expanded here, so each token stays one.
+                let expanded = anyres::expand_image_tokens(&rendered, token, &n_tokens).map_err(|e| bad(&e))?;
+                tokenizer.encode(&expanded, token, 1)
+            }
+        }
+        .map_err(|e| bad(&e))?;
+        Ok((ids, images))
+    }
+
+    /// The original format: one user turn `<image>\n{question}` in the `llava_v1` conversation
+    /// (the question is the request's text parts joined), tokenized in chunks around the image.
+    fn prepare_original(
+        &self,
+        req: &GenerateRequest,
+        image_paths: &[&Path],
+        checkpoint: &OriginalCheckpoint,
+        tokenizer: &SlowLlamaTokenizer,
+    ) -> Result<(Vec<u32>, Vec<PixelInput>), BackendError> {
+        let item = &req.id;
+        let bad = |e: &dyn std::fmt::Display| BackendError::bad_request(format!("item {item}: {e}"));
+        if image_paths.len() != 1 || req.messages.len() != 1 {
+            return Err(BackendError::unsupported(format!(
+                "item {item}: arch llava takes one user message with one image ({} messages, {} images given)",
+                req.messages.len(),
+                image_paths.len()
+            )));
+        }
+        let question: Vec<&str> = req.messages[0]
+            .content
+            .iter()
+            .filter_map(|p| match p {
+                ContentPart::Text { text } => Some(text.as_str()),
+                ContentPart::Image { .. } => None,
+            })
+            .collect();
+        let (px, h, w) = checkpoint.preprocess(image_paths[0]).map_err(|e| bad(&e))?;
+        let px = Tensor::from_vec(px, (1, 3, h, w), &self.model.device).map_err(|e| bad(&e))?;
+        let prompt = conversation::llava_v1_prompt(&question.join("\n"));
+        let per_image = self.model.config.image_features_per_image();
+        let mut ids = Vec::new();
+        for t in conversation::tokenizer_image_token(&prompt, tokenizer) {
+            match t {
+                PromptToken::Text(id) => ids.push(id),
+                PromptToken::Image => ids.extend(std::iter::repeat_n(original::IMAGE_MARKER_ID, per_image)),
+            }
+        }
+        Ok((ids, vec![PixelInput::Single(px)]))
+    }
+
+    /// The prompt text before tokenization: the chat template rendered, or the `llava_v1`
+    /// conversation for the original format.
+    pub fn rendered_prompt(&self, messages: &[vlsbench_plugin_api::ChatMessage]) -> Result<String, String> {
+        match &self.frontend {
+            Frontend::Hf { template, .. } => template.render(messages).map_err(|e| e.to_string()),
+            Frontend::Original { .. } => {
+                let text: Vec<&str> = messages
+                    .iter()
+                    .flat_map(|m| &m.content)
+                    .filter_map(|p| match p {
+                        ContentPart::Text { text } => Some(text.as_str()),
+                        ContentPart::Image { .. } => None,
+                    })
+                    .collect();
+                Ok(conversation::llava_v1_prompt(&text.join("\n")))
+            }
+        }
+    }
+
+    /// Answer text from generated tokens (EOS already removed), decoded as the checkpoint's
+    /// tokenizer decodes with `skip_special_tokens=True`.
+    fn decode(&self, tokens: &[u32]) -> Result<String, String> {
+        match &self.frontend {
+            Frontend::Hf { tokenizer, .. } => tokenizer.decode(tokens).map_err(|e| e.to_string()),
+            Frontend::Original { tokenizer, .. } => tokenizer.decode(tokens, true).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Everything one request needs before decoding: its input embeddings and token budget.
+    fn embed_request(&self, req: &GenerateRequest) -> Result<(Tensor, usize), BackendError> {
+        let item = &req.id;
+        if req.response_format.is_some() {
+            return Err(BackendError::unsupported(format!(
+                "item {item}: response formats are not supported by {}",
+                self.arch()
+            )));
+        }
+        if req.settings.temperature.is_some_and(|t| t > 0.0) {
+            return Err(BackendError::unsupported(format!(
+                "item {item}: only greedy decoding (temperature 0) is supported"
+            )));
+        }
+        let max_new = req.settings.max_new_tokens.unwrap_or(128) as usize;
+        let (ids, images) = self.prepare(req)?;
+        let context = self.model.config.text.max_position_embeddings;
+        let room = context.saturating_sub(ids.len());
+        if room == 0 {
+            return Err(BackendError::bad_request(format!(
+                "item {item}: the prompt has {} tokens, the model's context is {context}",
+                ids.len()
+            )));
+        }
+        let embeds = self.model.prompt_embeddings(&ids, &images).map_err(|e| model_error(item, e))?;
+        Ok((embeds, max_new.min(room)))
+    }
+
+    /// The answer for tokens generated for `item`.
+    fn finish(&self, item: &str, mut tokens: Vec<u32>) -> Result<Generation, BackendError> {
         let stopped = tokens.last().is_some_and(|t| self.eos.contains(t));
         if stopped {
             tokens.pop();
         }
         let n = tokens.len() as u32 + stopped as u32;
-        let text = self.tokenizer.decode(&tokens).map_err(|e| BackendError::model_failure(format!("item {item}: {e}")))?;
+        let text = self.decode(&tokens).map_err(|e| BackendError::model_failure(format!("item {item}: {e}")))?;
         Ok(Generation {
             text: text.trim().to_owned(),
             finish_reason: Some(if stopped { "stop" } else { "length" }.into()),
             tokens: Some(n),
         })
+    }
+
+    /// Greedy answers for several requests, decoded together [`MAX_BATCH`] at a time.
+    pub fn generate_batch(&self, requests: &[GenerateRequest]) -> Vec<Result<Generation, BackendError>> {
+        let mut results: Vec<Option<Result<Generation, BackendError>>> = requests.iter().map(|_| None).collect();
+        let mut ready = Vec::new();
+        for (k, req) in requests.iter().enumerate() {
+            match self.embed_request(req) {
+                Ok((embeds, budget)) => ready.push((k, embeds, budget)),
+                Err(e) => results[k] = Some(Err(e)),
+            }
+        }
+        for chunk in ready.chunks(MAX_BATCH) {
+            let embeds: Vec<Tensor> = chunk.iter().map(|(_, e, _)| e.clone()).collect();
+            let budgets: Vec<usize> = chunk.iter().map(|(_, _, b)| *b).collect();
+            match self.model.greedy_batch(&embeds, &budgets, &self.eos) {
+                Ok(outs) => {
+                    for ((k, _, _), tokens) in chunk.iter().zip(outs) {
+                        results[*k] = Some(self.finish(&requests[*k].id, tokens));
+                    }
+                }
+                Err(e) => {
+                    for (k, _, _) in chunk {
+                        results[*k] = Some(Err(model_error(&requests[*k].id, clone_model_error(&e))));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BackendError::model_failure("request left unanswered"))))
+            .collect()
+    }
+
+    /// One request alone.
+    pub fn generate_one(&self, req: &GenerateRequest) -> Result<Generation, BackendError> {
+        self.generate_batch(std::slice::from_ref(req))
+            .pop()
+            .unwrap_or_else(|| Err(BackendError::model_failure("request left unanswered")))
+    }
+
+    /// The loaded model (for benchmarks and tests that drive it directly).
+    pub fn model(&self) -> &Llava {
+        &self.model
     }
 
     pub fn checkpoint(&self) -> &Path {
@@ -160,17 +447,24 @@ impl Backend for CandleLlava {
         BackendInfo {
             name: "candle-llava".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "LLaVA-1.5 (HF format) on candle: greedy decoding, parity-tested against transformers".into(),
-            archs: vec![ARCH_LLAVA_HF.into()],
-            max_batch: 1,
+            description: "LLaVA-1.5 (HF and original format) and LLaVA-NeXT on candle: greedy decoding, batched, \
+                          parity-tested against transformers"
+                .into(),
+            archs: vec![ARCH_LLAVA_HF.into(), ARCH_LLAVA_NEXT.into(), ARCH_LLAVA.into()],
+            max_batch: MAX_BATCH as u32,
             concurrent: false,
             devices,
+            checkpoint_is_path: true,
+            path_options: vec!["vision_tower".into()],
         }
     }
 
     fn create(config: BackendConfig) -> Result<Self, BackendError> {
-        if config.arch != ARCH_LLAVA_HF {
-            return Err(BackendError::unsupported(format!("arch {:?} is not served (llava_hf)", config.arch)));
+        if ![ARCH_LLAVA_HF, ARCH_LLAVA_NEXT, ARCH_LLAVA].contains(&config.arch.as_str()) {
+            return Err(BackendError::unsupported(format!(
+                "arch {:?} is not served ({ARCH_LLAVA_HF}, {ARCH_LLAVA_NEXT}, {ARCH_LLAVA})",
+                config.arch
+            )));
         }
         let ck = config
             .checkpoint
@@ -180,11 +474,39 @@ impl Backend for CandleLlava {
         let dir = if ck.is_absolute() { ck.to_owned() } else { config.base_dir.join(ck) };
         let dtype = parse_dtype(config.dtype.as_deref())?;
         let device = parse_device(config.device.as_deref())?;
-        Self::load(&dir, dtype, &device)
+        let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { config.base_dir.join(p) };
+        let vision_tower = match config.options.get("vision_tower") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(p)) => Some(resolve(p)),
+            Some(other) => {
+                return Err(BackendError::bad_config(format!(
+                    "options.vision_tower: expected a folder path, got {other}"
+                )));
+            }
+        };
+        if config.arch == ARCH_LLAVA {
+            return Self::load_original(&dir, vision_tower.as_deref(), dtype, &device);
+        }
+        if vision_tower.is_some() {
+            return Err(BackendError::bad_config(format!(
+                "options.vision_tower is for arch llava (original format); an {} checkpoint holds its vision tower",
+                config.arch
+            )));
+        }
+        if let Ok(text) = std::fs::read_to_string(dir.join("config.json"))
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            && original::is_original_config(&v)
+        {
+            return Err(BackendError::bad_config(format!(
+                "{}: an original-format LLaVA checkpoint (LlavaLlamaForCausalLM): use arch llava",
+                dir.join("config.json").display()
+            )));
+        }
+        Self::load_as(&dir, Some(&config.arch), dtype, &device)
     }
 
     fn generate(&self, requests: Vec<GenerateRequest>) -> Vec<Result<Generation, BackendError>> {
-        requests.iter().map(|r| self.generate_one(r)).collect()
+        self.generate_batch(&requests)
     }
 }
 
@@ -213,13 +535,17 @@ mod tests {
                 id: "0".into(),
                 messages: vec![ChatMessage::new(
                     Role::User,
-                    vec![ContentPart::text(case["prompt"].as_str().unwrap()), ContentPart::image(fx.join(case["image"].as_str().unwrap()))],
+                    vec![
+                        ContentPart::text(case["prompt"].as_str().unwrap()),
+                        ContentPart::image(fx.join(case["image"].as_str().unwrap())),
+                    ],
                 )],
                 settings: GenerationSettings { max_new_tokens: Some(24), temperature: Some(0.0), top_p: Some(1.0) },
                 response_format: None,
             };
             let (ids, _) = b.prepare(&req).unwrap();
-            let want: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let want: Vec<u32> =
+                case["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
             assert_eq!(ids, want);
             let got = b.generate(vec![req]).pop().unwrap().unwrap();
             assert_eq!(got.text, case["decoded_until_eos_stripped"].as_str().unwrap(), "{}", case["image"]);
@@ -241,7 +567,240 @@ mod tests {
         assert!(e.message.contains("llava_next"), "{e}");
         let e = CandleLlava::create(cfg("images", "llava_hf")).err().unwrap();
         assert!(e.message.contains("config.json"), "{e}");
-        let e = CandleLlava::create(cfg("checkpoints/llava_hf", "llava")).err().unwrap();
+        let e = CandleLlava::create(cfg("checkpoints/llava_hf", "qwen2vl")).err().unwrap();
         assert_eq!(e.kind, vlsbench_plugin_api::ErrorKind::Unsupported);
+        // Each format is refused under the other's arch, naming the right one.
+        let e = CandleLlava::create(cfg("checkpoints/llava_hf", "llava")).err().unwrap();
+        assert_eq!(e.kind, vlsbench_plugin_api::ErrorKind::BadConfig);
+        assert!(e.message.contains("llava_hf"), "{e}");
+        let e = CandleLlava::create(cfg("checkpoints/llava_original", "llava_hf")).err().unwrap();
+        assert!(e.message.contains("use arch llava"), "{e}");
+        // Missing pieces are named.
+        let e = CandleLlava::create(cfg("checkpoints/llava_original_clip", "llava")).err().unwrap();
+        assert!(e.message.contains("config.json"), "{e}");
+    }
+
+    fn request(id: &str, prompt: &str, image: &Path, max_new: u32) -> GenerateRequest {
+        GenerateRequest {
+            id: id.into(),
+            messages: vec![ChatMessage::new(Role::User, vec![ContentPart::text(prompt), ContentPart::image(image)])],
+            settings: GenerationSettings { max_new_tokens: Some(max_new), temperature: Some(0.0), top_p: Some(1.0) },
+            response_format: None,
+        }
+    }
+
+    #[test]
+    fn original_format_answers_equal_the_llava_code_bases() {
+        let fx = crate::test_util::fixtures();
+        let b = CandleLlava::create(backend_config("llava", "checkpoints/llava_original")).unwrap();
+        let g: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fx.join("golden/llava_original/golden.json")).unwrap())
+                .unwrap();
+        let mut table = String::from("image      prompt     max|dlogit|  tokens equal  answer equal\n");
+        let mut worst = 0f32;
+        let mut all_equal = true;
+        for case in g["cases"].as_array().unwrap() {
+            let image = case["image"].as_str().unwrap();
+            let req = request("0", case["prompt"].as_str().unwrap(), &fx.join(image), 24);
+            assert_eq!(b.rendered_prompt(&req.messages).unwrap(), case["rendered_prompt"].as_str().unwrap());
+            let (ids, images) = b.prepare(&req).unwrap();
+            // The golden ids hold -200 once where the image goes; ours hold the marker per feature row.
+            let want: Vec<i64> = case["input_ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+            let mut got: Vec<i64> = Vec::new();
+            for &t in &ids {
+                let t = if t == original::IMAGE_MARKER_ID { -200 } else { i64::from(t) };
+                if !(t == -200 && got.last() == Some(&-200)) {
+                    got.push(t);
+                }
+            }
+            assert_eq!(got, want, "{image}");
+            let n_marker = ids.iter().filter(|&&t| t == original::IMAGE_MARKER_ID).count();
+            assert_eq!(n_marker as u64, case["num_image_features"].as_u64().unwrap());
+            // Logits and 24 greedy tokens, EOS not stopping.
+            let embeds = b.model().prompt_embeddings(&ids, &images).unwrap();
+            let mut cache = b.model().text.new_cache();
+            let logits: Vec<f32> = b.model().text.forward_embeds(&embeds, &mut cache).unwrap().to_vec1().unwrap();
+            let npy = case["first_step_logits"]["npy"].as_str().unwrap();
+            let want_logits = crate::npy::read_f32(&fx.join("golden/llava_original").join(npy)).unwrap();
+            let d = logits.iter().zip(&want_logits.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            worst = worst.max(d);
+            let want_tokens: Vec<u32> =
+                case["greedy_tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let tokens = b.model().greedy_batch(&[embeds], &[want_tokens.len()], &[]).unwrap().remove(0);
+            let answer = b.generate(vec![req]).pop().unwrap().unwrap().text;
+            let (teq, aeq) = (tokens == want_tokens, answer == case["decoded_until_eos_stripped"].as_str().unwrap());
+            all_equal &= teq && aeq;
+            table += &format!(
+                "{:<10} {:<10} {:<12.3e} {:<13} {}\n",
+                image.trim_start_matches("images/"),
+                case["prompt_id"].as_str().unwrap(),
+                d,
+                teq,
+                aeq
+            );
+        }
+        println!("{table}");
+        assert!(worst <= 1e-4, "{table}");
+        assert!(all_equal, "{table}");
+    }
+
+    /// Every golden case of a checkpoint decoded in one batch gives the same answers as one by one.
+    fn batch_equals_one_by_one(arch: &str, checkpoint: &str) {
+        let fx = crate::test_util::fixtures();
+        let b = CandleLlava::create(backend_config(arch, checkpoint)).unwrap();
+        let golden = checkpoint.trim_start_matches("checkpoints/");
+        let g: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fx.join("golden").join(golden).join("golden.json")).unwrap())
+                .unwrap();
+        // Different prompt lengths (images of different token counts for llava_next) and budgets.
+        let reqs: Vec<GenerateRequest> = g["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let image = fx.join(c["image"].as_str().unwrap());
+                request(&i.to_string(), c["prompt"].as_str().unwrap(), &image, 8 + (i as u32 % 3) * 8)
+            })
+            .collect();
+        let batched = b.generate(reqs.clone());
+        assert_eq!(batched.len(), reqs.len());
+        for (req, got) in reqs.iter().zip(batched) {
+            let alone = b.generate_one(req).unwrap();
+            assert_eq!(got.unwrap(), alone, "{arch}: item {} batched vs alone", req.id);
+        }
+    }
+
+    #[test]
+    fn a_batch_answers_like_one_request_at_a_time_llava_hf() {
+        batch_equals_one_by_one("llava_hf", "checkpoints/llava_hf");
+    }
+
+    #[test]
+    fn a_batch_answers_like_one_request_at_a_time_llava_next() {
+        batch_equals_one_by_one("llava_next", "checkpoints/llava_next");
+    }
+
+    #[test]
+    fn a_batch_answers_like_one_request_at_a_time_llava() {
+        batch_equals_one_by_one("llava", "checkpoints/llava_original");
+    }
+
+    #[test]
+    fn a_bad_item_in_a_batch_fails_alone() {
+        let fx = crate::test_util::fixtures();
+        let dir = tempfile_dir();
+        let corrupt = dir.join("corrupt.png");
+        std::fs::write(&corrupt, b"\x89PNG not really").unwrap();
+        let b = CandleLlava::create(backend_config("llava_hf", "checkpoints/llava_hf")).unwrap();
+        let good = request("1", "What is this?", &fx.join("images/square.png"), 4);
+        let bad = request("2", "What is this?", &corrupt, 4);
+        let missing = request("3", "What is this?", &dir.join("absent.png"), 4);
+        let mut long = request("4", &"word ".repeat(5000), &fx.join("images/square.png"), 4);
+        long.id = "4".into();
+        let out = b.generate(vec![good.clone(), bad, missing, long]);
+        assert_eq!(out[0].as_ref().unwrap(), &b.generate_one(&good).unwrap());
+        for (k, what) in [(1, "corrupt.png"), (2, "absent.png"), (3, "context")] {
+            let e = out[k].as_ref().unwrap_err();
+            assert_eq!(e.kind, vlsbench_plugin_api::ErrorKind::BadRequest, "{e}");
+            assert!(e.message.contains(&format!("item {}", k + 1)) && e.message.contains(what), "{e}");
+        }
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("candle-llava-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn backend_config(arch: &str, checkpoint: &str) -> BackendConfig {
+        BackendConfig {
+            arch: arch.into(),
+            checkpoint: Some(checkpoint.into()),
+            device: None,
+            dtype: None,
+            options: serde_json::Value::Null,
+            base_dir: crate::test_util::fixtures(),
+        }
+    }
+
+    /// LLaVA-NeXT through the Backend, all 21 golden cases: the rendered prompt, the input ids
+    /// (anyres token counts included) and the answer up to EOS.
+    #[test]
+    fn llava_next_prompts_ids_and_answers_match_goldens() {
+        let fx = crate::test_util::fixtures();
+        let b = CandleLlava::create(backend_config("llava_next", "checkpoints/llava_next")).unwrap();
+        assert_eq!(b.arch(), "llava_next");
+        let g: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fx.join("golden/llava_next/golden.json")).unwrap()).unwrap();
+        let cases = g["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 21);
+        let mut table = String::from("image      prompt     image tokens  ids equal  answer equal\n");
+        let mut all_equal = true;
+        for case in cases {
+            let image = case["image"].as_str().unwrap();
+            let messages = vec![ChatMessage::new(
+                Role::User,
+                vec![ContentPart::text(case["prompt"].as_str().unwrap()), ContentPart::image(fx.join(image))],
+            )];
+            assert_eq!(b.rendered_prompt(&messages).unwrap(), case["rendered_prompt"].as_str().unwrap(), "{image}");
+            let req = GenerateRequest {
+                id: "0".into(),
+                messages,
+                settings: GenerationSettings { max_new_tokens: Some(24), temperature: Some(0.0), top_p: Some(1.0) },
+                response_format: None,
+            };
+            let (ids, images) = b.prepare(&req).unwrap();
+            assert_eq!(images.len(), 1);
+            let want: Vec<u32> =
+                case["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let n_image = ids.iter().filter(|&&t| t == b.model.config.image_token_id).count();
+            assert_eq!(n_image as u64, case["num_image_tokens"].as_u64().unwrap(), "{image}");
+            let ids_equal = ids == want;
+            let got = b.generate(vec![req]).pop().unwrap().unwrap();
+            let answer_equal = got.text == case["decoded_until_eos_stripped"].as_str().unwrap();
+            all_equal &= ids_equal && answer_equal;
+            table += &format!(
+                "{:<10} {:<10} {:<13} {:<10} {}\n",
+                image.trim_start_matches("images/"),
+                case["prompt_id"].as_str().unwrap(),
+                n_image,
+                ids_equal,
+                answer_equal
+            );
+        }
+        println!("{table}");
+        assert!(all_equal, "{table}");
+    }
+
+    #[test]
+    fn both_archs_are_served_and_checked_against_the_config() {
+        let archs = CandleLlava::describe().archs;
+        assert_eq!(archs, vec!["llava_hf".to_owned(), "llava_next".to_owned(), "llava".to_owned()]);
+        let e = CandleLlava::create(backend_config("llava_next", "checkpoints/llava_hf")).err().unwrap();
+        assert_eq!(e.kind, vlsbench_plugin_api::ErrorKind::BadConfig);
+        assert!(e.message.contains("llava_next") && e.message.contains("llava_hf"), "{e}");
+        let e = CandleLlava::create(backend_config("llava_hf", "checkpoints/llava_next")).err().unwrap();
+        assert!(e.message.contains("llava_next") && e.message.contains("llava_hf"), "{e}");
+        let e = CandleLlava::create(backend_config("qwen2_vl", "checkpoints/llava_next")).err().unwrap();
+        assert!(e.message.contains("llava_hf") && e.message.contains("llava_next"), "{e}");
+    }
+
+    #[test]
+    fn llava_next_prompt_with_more_image_tokens_than_images_is_a_bad_request() {
+        let fx = crate::test_util::fixtures();
+        let b = CandleLlava::create(backend_config("llava_next", "checkpoints/llava_next")).unwrap();
+        let req = GenerateRequest {
+            id: "7".into(),
+            messages: vec![ChatMessage::new(
+                Role::User,
+                vec![ContentPart::text("<image> twice?"), ContentPart::image(fx.join("images/wide.png"))],
+            )],
+            settings: GenerationSettings { max_new_tokens: Some(4), temperature: Some(0.0), top_p: Some(1.0) },
+            response_format: None,
+        };
+        let e = b.generate(vec![req]).pop().unwrap().err().unwrap();
+        assert_eq!(e.kind, vlsbench_plugin_api::ErrorKind::BadRequest);
+        assert!(e.message.contains("item 7") && e.message.contains("2 image tokens"), "{e}");
     }
 }

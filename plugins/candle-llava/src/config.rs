@@ -1,12 +1,19 @@
 //! Reading an HF-format LLaVA checkpoint's configuration files the way transformers reads them.
 //!
+//! Two model types are read: `llava` (`LlavaConfig`, LLaVA-1.5, arch `llava_hf`) and
+//! `llava_next` (`LlavaNextConfig`, LLaVA-NeXT with anyres tiling, arch `llava_next`). They share
+//! every field ([`LlavaConfig`]); `llava_next` adds `image_grid_pinpoints` ([`ModelConfig`]).
+//!
 //! Real checkpoints were saved years apart, so every layout transformers accepts is read here:
 //! - `config.json`: `image_token_index` (transformers 4.x and our fixtures) or `image_token_id`
 //!   (newer); `text_config`/`vision_config` list only the fields that differ from the config
 //!   class's defaults (`LlamaConfig`, `CLIPVisionConfig`), so missing ones take those defaults;
-//!   `rope_theta` flat or inside `rope_parameters`.
+//!   `rope_theta` flat or inside `rope_parameters`; `image_grid_pinpoints` absent means
+//!   `LlavaNextConfig`'s default grid.
 //! - the image processor: nested under `image_processor` in `processor_config.json` (newest),
-//!   or its own `preprocessor_config.json` (older); `size`/`crop_size` as dicts or integers.
+//!   or its own `preprocessor_config.json` (older); `size`/`crop_size` as dicts or integers;
+//!   `CLIPImageProcessor` or `LlavaNextImageProcessor` (which adds `image_grid_pinpoints` and
+//!   `do_pad`).
 //! - `generation_config.json`: EOS ids, one or many.
 
 use std::path::{Path, PathBuf};
@@ -25,7 +32,7 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-fn read_json(path: &Path) -> Result<Value, ConfigError> {
+pub(crate) fn read_json(path: &Path) -> Result<Value, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
     serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: path.to_owned(), source })
 }
@@ -35,12 +42,15 @@ fn invalid(path: &Path, message: impl Into<String>) -> ConfigError {
 }
 
 /// Reads an optional field into `T`, with a message naming the field when its type is wrong.
-fn field<T: for<'de> Deserialize<'de>>(obj: &Value, key: &str, path: &Path, ctx: &str) -> Result<Option<T>, ConfigError> {
+pub(crate) fn field<T: for<'de> Deserialize<'de>>(
+    obj: &Value,
+    key: &str,
+    path: &Path,
+    ctx: &str,
+) -> Result<Option<T>, ConfigError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => serde_json::from_value(v.clone())
-            .map(Some)
-            .map_err(|e| invalid(path, format!("{ctx}{key}: {e}"))),
+        Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| invalid(path, format!("{ctx}{key}: {e}"))),
     }
 }
 
@@ -99,7 +109,55 @@ pub enum SelectStrategy {
     Full,
 }
 
-/// `LlavaConfig`.
+/// The `model_type` of `config.json`, and the vlsbench arch that serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelType {
+    /// `llava`: `LlavaForConditionalGeneration` (LLaVA-1.5).
+    Llava,
+    /// `llava_next`: `LlavaNextForConditionalGeneration` (LLaVA-NeXT, anyres tiling).
+    LlavaNext,
+}
+
+impl ModelType {
+    /// The `model_type` string in `config.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelType::Llava => "llava",
+            ModelType::LlavaNext => "llava_next",
+        }
+    }
+
+    /// The vlsbench arch name (the manifest's `arch`).
+    pub fn arch(self) -> &'static str {
+        match self {
+            ModelType::Llava => "llava_hf",
+            ModelType::LlavaNext => "llava_next",
+        }
+    }
+}
+
+/// `LlavaNextConfig`'s and `LlavaNextImageProcessor`'s default grid, as (height, width).
+pub const DEFAULT_GRID_PINPOINTS: [(usize, usize); 5] = [(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)];
+
+/// `image_grid_pinpoints`: a non-empty list of `[height, width]` pairs of positive sizes.
+fn grid_pinpoints(v: &Value, path: &Path, ctx: &str) -> Result<Option<Vec<(usize, usize)>>, ConfigError> {
+    let key = "image_grid_pinpoints";
+    let Some(list) = field::<Vec<Vec<u64>>>(v, key, path, ctx)? else {
+        return Ok(None);
+    };
+    if list.is_empty() {
+        return Err(invalid(path, format!("{ctx}{key}: empty")));
+    }
+    list.iter()
+        .map(|pair| match pair.as_slice() {
+            &[h, w] if h > 0 && w > 0 => Ok((h as usize, w as usize)),
+            _ => Err(invalid(path, format!("{ctx}{key}: {pair:?} is not a [height, width] pair of positive sizes"))),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The fields `LlavaConfig` and `LlavaNextConfig` share (see [`ModelConfig`] for the rest).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlavaConfig {
     pub text: TextConfig,
@@ -115,6 +173,46 @@ pub struct LlavaConfig {
     pub pad_token_id: Option<u32>,
 }
 
+/// A whole HF-format `config.json`: its model type, the shared fields, and LLaVA-NeXT's grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub model_type: ModelType,
+    pub llava: LlavaConfig,
+    /// `llava_next` only (empty for `llava`): the anyres resolutions, (height, width).
+    pub image_grid_pinpoints: Vec<(usize, usize)>,
+}
+
+impl ModelConfig {
+    /// Reads `config.json` from a checkpoint directory.
+    pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
+        let path = dir.join("config.json");
+        Self::from_value(&read_json(&path)?, &path)
+    }
+
+    pub fn from_value(v: &Value, path: &Path) -> Result<Self, ConfigError> {
+        let model_type = model_type(v, path)?;
+        let llava = LlavaConfig::from_value(v, path)?;
+        let image_grid_pinpoints = match model_type {
+            ModelType::Llava => Vec::new(),
+            ModelType::LlavaNext => grid_pinpoints(v, path, "")?.unwrap_or_else(|| DEFAULT_GRID_PINPOINTS.to_vec()),
+        };
+        Ok(Self { model_type, llava, image_grid_pinpoints })
+    }
+}
+
+/// `model_type`: `llava` or `llava_next`.
+fn model_type(v: &Value, path: &Path) -> Result<ModelType, ConfigError> {
+    match v.get("model_type").and_then(Value::as_str) {
+        Some("llava") => Ok(ModelType::Llava),
+        Some("llava_next") => Ok(ModelType::LlavaNext),
+        Some(other) => Err(invalid(
+            path,
+            format!("model_type is {other:?}, not \"llava\" (arch llava_hf) or \"llava_next\" (arch llava_next)"),
+        )),
+        None => Err(invalid(path, "no model_type: not an HF-format LLaVA config")),
+    }
+}
+
 fn parse_eos(v: &Value) -> Option<Vec<u32>> {
     match v {
         Value::Number(n) => n.as_u64().map(|x| vec![x as u32]),
@@ -123,7 +221,7 @@ fn parse_eos(v: &Value) -> Option<Vec<u32>> {
     }
 }
 
-fn text_config(v: &Value, path: &Path) -> Result<TextConfig, ConfigError> {
+pub(crate) fn text_config(v: &Value, path: &Path) -> Result<TextConfig, ConfigError> {
     let ctx = "text_config.";
     if let Some(mt) = v.get("model_type").and_then(Value::as_str)
         && mt != "llama"
@@ -147,7 +245,11 @@ fn text_config(v: &Value, path: &Path) -> Result<TextConfig, ConfigError> {
     };
     let rope_type = rope_params
         .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
-        .or_else(|| v.get("rope_scaling").filter(|s| !s.is_null()).map(|s| s.get("rope_type").or_else(|| s.get("type")).unwrap_or(s)))
+        .or_else(|| {
+            v.get("rope_scaling")
+                .filter(|s| !s.is_null())
+                .map(|s| s.get("rope_type").or_else(|| s.get("type")).unwrap_or(s))
+        })
         .and_then(Value::as_str)
         .unwrap_or("default");
     if rope_type != "default" {
@@ -157,7 +259,8 @@ fn text_config(v: &Value, path: &Path) -> Result<TextConfig, ConfigError> {
     if hidden_act != "silu" {
         return Err(invalid(path, format!("text_config.hidden_act {hidden_act:?} is not supported")));
     }
-    let eos_token_ids = v.get("eos_token_id").map_or(Some(vec![2]), |e| if e.is_null() { Some(vec![]) } else { parse_eos(e) });
+    let eos_token_ids =
+        v.get("eos_token_id").map_or(Some(vec![2]), |e| if e.is_null() { Some(vec![]) } else { parse_eos(e) });
     Ok(TextConfig {
         vocab_size: field(v, "vocab_size", path, ctx)?.unwrap_or(32000),
         hidden_size,
@@ -174,11 +277,12 @@ fn text_config(v: &Value, path: &Path) -> Result<TextConfig, ConfigError> {
         mlp_bias: field(v, "mlp_bias", path, ctx)?.unwrap_or(false),
         tie_word_embeddings: field(v, "tie_word_embeddings", path, ctx)?.unwrap_or(false),
         bos_token_id: if v.get("bos_token_id").is_some() { field(v, "bos_token_id", path, ctx)? } else { Some(1) },
-        eos_token_ids: eos_token_ids.ok_or_else(|| invalid(path, "text_config.eos_token_id: not an id or a list of ids"))?,
+        eos_token_ids: eos_token_ids
+            .ok_or_else(|| invalid(path, "text_config.eos_token_id: not an id or a list of ids"))?,
     })
 }
 
-fn vision_config(v: Option<&Value>, path: &Path) -> Result<VisionConfig, ConfigError> {
+pub(crate) fn vision_config(v: Option<&Value>, path: &Path) -> Result<VisionConfig, ConfigError> {
     let ctx = "vision_config.";
     let Some(v) = v.filter(|v| !v.is_null()) else {
         // LlavaConfig without a vision_config: CLIP ViT-L/14-336, as transformers fills it in.
@@ -197,7 +301,10 @@ fn vision_config(v: Option<&Value>, path: &Path) -> Result<VisionConfig, ConfigE
     if let Some(mt) = v.get("model_type").and_then(Value::as_str)
         && mt != "clip_vision_model"
     {
-        return Err(invalid(path, format!("vision_config.model_type {mt:?} is not supported (clip_vision_model only)")));
+        return Err(invalid(
+            path,
+            format!("vision_config.model_type {mt:?} is not supported (clip_vision_model only)"),
+        ));
     }
     let c = VisionConfig {
         hidden_size: field(v, "hidden_size", path, ctx)?.unwrap_or(768),
@@ -224,22 +331,22 @@ impl LlavaConfig {
         Self::from_value(&v, &path)
     }
 
+    /// The shared fields of a `llava` or `llava_next` config.
     pub fn from_value(v: &Value, path: &Path) -> Result<Self, ConfigError> {
-        match v.get("model_type").and_then(Value::as_str) {
-            Some("llava") => {}
-            Some(other) => return Err(invalid(path, format!("model_type is {other:?}, not \"llava\" (arch llava_hf)"))),
-            None => return Err(invalid(path, "no model_type: not an HF-format LLaVA config")),
-        }
+        model_type(v, path)?;
         let text = text_config(v.get("text_config").unwrap_or(&Value::Null), path)?;
         let vision = vision_config(v.get("vision_config"), path)?;
-        let image_token_id = match (field::<u32>(v, "image_token_id", path, "")?, field::<u32>(v, "image_token_index", path, "")?) {
-            (Some(a), _) => a,
-            (None, Some(b)) => b,
-            (None, None) => 32000,
-        };
+        let image_token_id =
+            match (field::<u32>(v, "image_token_id", path, "")?, field::<u32>(v, "image_token_index", path, "")?) {
+                (Some(a), _) => a,
+                (None, Some(b)) => b,
+                (None, None) => 32000,
+            };
         let vision_feature_layers = match v.get("vision_feature_layer") {
             None | Some(Value::Null) => vec![-2],
-            Some(Value::Number(n)) => vec![n.as_i64().ok_or_else(|| invalid(path, "vision_feature_layer: not an integer"))?],
+            Some(Value::Number(n)) => {
+                vec![n.as_i64().ok_or_else(|| invalid(path, "vision_feature_layer: not an integer"))?]
+            }
             Some(Value::Array(a)) => a
                 .iter()
                 .map(|x| x.as_i64().ok_or_else(|| invalid(path, "vision_feature_layer: not a list of integers")))
@@ -249,10 +356,14 @@ impl LlavaConfig {
         let n_hidden = vision.num_hidden_layers as i64 + 1;
         for &l in &vision_feature_layers {
             if l >= n_hidden || l < -n_hidden {
-                return Err(invalid(path, format!("vision_feature_layer {l} is out of range for {n_hidden} hidden states")));
+                return Err(invalid(
+                    path,
+                    format!("vision_feature_layer {l} is out of range for {n_hidden} hidden states"),
+                ));
             }
         }
-        let strategy: String = field(v, "vision_feature_select_strategy", path, "")?.unwrap_or_else(|| "default".into());
+        let strategy: String =
+            field(v, "vision_feature_select_strategy", path, "")?.unwrap_or_else(|| "default".into());
         let select_strategy = match strategy.as_str() {
             "default" => SelectStrategy::Default,
             "full" => SelectStrategy::Full,
@@ -275,6 +386,14 @@ impl LlavaConfig {
         })
     }
 
+    /// The deepest hidden state the selected feature layers reach (index into transformers'
+    /// `hidden_states`, 0 being the embeddings): only the layers up to it are ever run.
+    pub fn deepest_vision_layer(&self) -> usize {
+        let n_hidden = self.vision.num_hidden_layers as i64 + 1;
+        self.vision_feature_layers.iter().map(|&l| if l < 0 { n_hidden + l } else { l }).max().unwrap_or(n_hidden - 1)
+            as usize
+    }
+
     /// Image features per image, as the projector emits them.
     pub fn image_features_per_image(&self) -> usize {
         let n = self.vision.num_positions();
@@ -285,9 +404,20 @@ impl LlavaConfig {
     }
 }
 
-/// `CLIPImageProcessor` settings.
+/// Which image processor class the checkpoint names (`image_processor_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageProcessorKind {
+    /// `CLIPImageProcessor`: resize, centre crop, one tile per image.
+    Clip,
+    /// `LlavaNextImageProcessor`: the CLIP steps on a base image plus an anyres grid of tiles.
+    LlavaNext,
+}
+
+/// `CLIPImageProcessor` settings, plus `LlavaNextImageProcessor`'s own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageProcessorConfig {
+    /// `None` when the file does not name its class (transformers then goes by the model type).
+    pub kind: Option<ImageProcessorKind>,
     pub do_convert_rgb: bool,
     pub do_resize: bool,
     /// `size`: a shortest edge, or an exact (height, width).
@@ -301,6 +431,18 @@ pub struct ImageProcessorConfig {
     pub do_normalize: bool,
     pub image_mean: [f64; 3],
     pub image_std: [f64; 3],
+    /// `LlavaNextImageProcessor`: the anyres resolutions, (height, width); `None` when absent.
+    pub image_grid_pinpoints: Option<Vec<(usize, usize)>>,
+    /// `LlavaNextImageProcessor`: pad every image of a batch to the same number of tiles. With
+    /// one image per call and the model reading only each image's own tiles, it changes nothing.
+    pub do_pad: bool,
+}
+
+impl ImageProcessorConfig {
+    /// The anyres resolutions the processor uses: its own, or `LlavaNextImageProcessor`'s default.
+    pub fn grid_pinpoints(&self) -> Vec<(usize, usize)> {
+        self.image_grid_pinpoints.clone().unwrap_or_else(|| DEFAULT_GRID_PINPOINTS.to_vec())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,13 +482,20 @@ fn size_dict(v: &Value, key: &str, path: &Path) -> Result<Option<ResizeTarget>, 
     }
 }
 
-fn image_processor(v: &Value, path: &Path) -> Result<ImageProcessorConfig, ConfigError> {
+pub(crate) fn image_processor(v: &Value, path: &Path) -> Result<ImageProcessorConfig, ConfigError> {
     let ctx = "image processor: ";
-    if let Some(t) = v.get("image_processor_type").and_then(Value::as_str)
-        && !t.starts_with("CLIPImageProcessor")
-    {
-        return Err(invalid(path, format!("image_processor_type {t:?} is not supported (CLIPImageProcessor only)")));
-    }
+    // The class, with or without transformers' backend suffix (`...Fast`, `...Pil`).
+    let kind = match v.get("image_processor_type").and_then(Value::as_str) {
+        None => None,
+        Some(t) if t.starts_with("CLIPImageProcessor") => Some(ImageProcessorKind::Clip),
+        Some(t) if t.starts_with("LlavaNextImageProcessor") => Some(ImageProcessorKind::LlavaNext),
+        Some(t) => {
+            return Err(invalid(
+                path,
+                format!("image_processor_type {t:?} is not supported (CLIPImageProcessor, LlavaNextImageProcessor)"),
+            ));
+        }
+    };
     let size = size_dict(v, "size", path)?.unwrap_or(ResizeTarget::ShortestEdge(224));
     let crop_size = match size_dict(v, "crop_size", path)? {
         None => (224, 224),
@@ -367,6 +516,7 @@ fn image_processor(v: &Value, path: &Path) -> Result<ImageProcessorConfig, Confi
         return Err(invalid(path, format!("resample {resample} is not supported (bicubic, 3, only)")));
     }
     Ok(ImageProcessorConfig {
+        kind,
         do_convert_rgb: field(v, "do_convert_rgb", path, ctx)?.unwrap_or(true),
         do_resize: field(v, "do_resize", path, ctx)?.unwrap_or(true),
         size,
@@ -378,6 +528,8 @@ fn image_processor(v: &Value, path: &Path) -> Result<ImageProcessorConfig, Confi
         do_normalize: field(v, "do_normalize", path, ctx)?.unwrap_or(true),
         image_mean: triple("image_mean", [0.48145466, 0.4578275, 0.40821073])?,
         image_std: triple("image_std", [0.26862954, 0.26130258, 0.27577711])?,
+        image_grid_pinpoints: grid_pinpoints(v, path, ctx)?,
+        do_pad: field(v, "do_pad", path, ctx)?.unwrap_or(true),
     })
 }
 
@@ -544,6 +696,119 @@ mod tests {
         assert_eq!(p.num_image_tokens(336, 336), Some(576));
         let eos = generation_eos_ids(&dir).unwrap();
         assert_eq!(eos, Some(vec![2]));
+    }
+
+    const FIXTURE_PINPOINTS: [(usize, usize); 5] = [(56, 112), (112, 56), (112, 112), (168, 56), (56, 168)];
+
+    #[test]
+    fn llava_next_config_parses() {
+        let dir = fixtures().join("checkpoints/llava_next");
+        let m = ModelConfig::from_dir(&dir).unwrap();
+        assert_eq!(m.model_type, ModelType::LlavaNext);
+        assert_eq!(m.model_type.arch(), "llava_next");
+        assert_eq!(m.image_grid_pinpoints, FIXTURE_PINPOINTS.to_vec());
+        let c = m.llava;
+        assert_eq!(c.image_token_id, 405);
+        assert_eq!(c.pad_token_id, Some(406));
+        assert_eq!(c.text.rope_theta, 500000.0);
+        assert_eq!(c.text.intermediate_size, 160);
+        assert_eq!(c.text.max_position_embeddings, 8192);
+        assert_eq!(c.text.eos_token_ids, vec![404]);
+        assert_eq!(c.vision.image_size, 56);
+        assert_eq!(c.vision.patch_size, 14);
+        assert_eq!(c.select_strategy, SelectStrategy::Default);
+        let p = ProcessorConfig::from_dir(&dir).unwrap();
+        assert_eq!(p.image.kind, Some(ImageProcessorKind::LlavaNext));
+        assert_eq!(p.image.image_grid_pinpoints, Some(FIXTURE_PINPOINTS.to_vec()));
+        assert!(p.image.do_pad);
+        assert_eq!(p.image.size, ResizeTarget::ShortestEdge(56));
+        assert_eq!(p.image.crop_size, (56, 56));
+        assert_eq!(p.patch_size, Some(14));
+        assert_eq!(p.num_additional_image_tokens, 1);
+        assert_eq!(p.vision_feature_select_strategy.as_deref(), Some("default"));
+        assert_eq!(generation_eos_ids(&dir).unwrap(), Some(vec![404]));
+        // The LLaVA-1.5 checkpoint is model_type llava, with no grid.
+        let m = ModelConfig::from_dir(&fixtures().join("checkpoints/llava_hf")).unwrap();
+        assert_eq!(m.model_type, ModelType::Llava);
+        assert!(m.image_grid_pinpoints.is_empty());
+    }
+
+    #[test]
+    fn llava_next_missing_fields_take_llava_next_defaults() {
+        let v = serde_json::json!({"model_type": "llava_next"});
+        let m = ModelConfig::from_value(&v, Path::new("config.json")).unwrap();
+        assert_eq!(m.image_grid_pinpoints, DEFAULT_GRID_PINPOINTS.to_vec());
+        let c = m.llava;
+        assert_eq!(c.image_token_id, 32000);
+        assert_eq!(c.image_seq_length, 576);
+        assert_eq!(c.vision.image_size, 336);
+        assert_eq!(c.vision_feature_layers, vec![-2]);
+        let ip = image_processor(
+            &serde_json::json!({"image_processor_type": "LlavaNextImageProcessor", "crop_size": 336}),
+            Path::new("preprocessor_config.json"),
+        )
+        .unwrap();
+        assert_eq!(ip.kind, Some(ImageProcessorKind::LlavaNext));
+        assert_eq!(ip.image_grid_pinpoints, None);
+        assert_eq!(ip.grid_pinpoints(), DEFAULT_GRID_PINPOINTS.to_vec());
+        assert!(ip.do_pad);
+        assert_eq!(ip.size, ResizeTarget::ShortestEdge(224));
+        assert_eq!(ip.crop_size, (336, 336));
+    }
+
+    #[test]
+    fn bad_grid_pinpoints_are_named() {
+        for bad in [
+            serde_json::json!([]),
+            serde_json::json!([[336]]),
+            serde_json::json!([[0, 336]]),
+            serde_json::json!("anyres"),
+        ] {
+            let v = serde_json::json!({"model_type": "llava_next", "image_grid_pinpoints": bad});
+            let e = ModelConfig::from_value(&v, Path::new("x/config.json")).unwrap_err().to_string();
+            assert!(e.contains("x/config.json") && e.contains("image_grid_pinpoints"), "{e}");
+        }
+        let e =
+            image_processor(&serde_json::json!({"image_processor_type": "SiglipImageProcessor"}), Path::new("p.json"))
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("SiglipImageProcessor") && e.contains("LlavaNextImageProcessor"), "{e}");
+    }
+
+    /// llava-hf/llama3-llava-next-8b-hf: its generation_config.json (the one file of it on hand)
+    /// and the config facts its SOURCES.md records (nothing else: the vision tower is left to
+    /// `LlavaNextConfig`'s default, CLIP ViT-L/14-336).
+    #[test]
+    fn real_llama3_llava_next_facts() {
+        let v = serde_json::json!({
+            "architectures": ["LlavaNextForConditionalGeneration"],
+            "model_type": "llava_next",
+            "image_token_index": 128256,
+            "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+            "text_config": {"model_type": "llama", "vocab_size": 128320, "rope_theta": 500000.0,
+                            "eos_token_id": 128009},
+            "torch_dtype": "bfloat16",
+            "use_image_newline_parameter": true,
+        });
+        let m = ModelConfig::from_value(&v, Path::new("config.json")).unwrap();
+        assert_eq!(m.model_type, ModelType::LlavaNext);
+        assert_eq!(m.image_grid_pinpoints, DEFAULT_GRID_PINPOINTS.to_vec());
+        let c = m.llava;
+        assert_eq!(c.image_token_id, 128256);
+        assert_eq!(c.text.vocab_size, 128320);
+        assert_eq!(c.text.rope_theta, 500000.0);
+        assert_eq!(c.text.eos_token_ids, vec![128009]);
+        assert_eq!(c.image_features_per_image(), 576);
+
+        let dir = std::env::var_os("VLSBENCH_SHARED_CHECKPOINTS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/work/shared/checkpoints"))
+            .join("llava-hf__llama3-llava-next-8b-hf");
+        if !dir.join("generation_config.json").is_file() {
+            println!("SKIPPED: {} has no generation_config.json (real llama3-llava-next files absent)", dir.display());
+            return;
+        }
+        assert_eq!(generation_eos_ids(&dir).unwrap(), Some(vec![128009]));
     }
 
     #[test]

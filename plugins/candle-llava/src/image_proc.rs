@@ -57,21 +57,35 @@ fn composite_on_white(r: u8, g: u8, b: u8, a: u8) -> [u8; 3] {
 /// Opens an image file and converts it to RGB as transformers' `convert_to_rgb` does: RGB as is,
 /// anything with alpha composited onto white, grayscale replicated.
 pub fn open_rgb(path: &Path) -> Result<Rgb8, ImageError> {
+    from_dynamic(&open_checked(path)?, &path.display().to_string())
+}
+
+/// Opens an image file as Pillow's `Image.open(path).convert("RGB")` does (what the LLaVA code
+/// base runs): alpha dropped, not composited; grayscale replicated.
+pub fn open_rgb_dropping_alpha(path: &Path) -> Result<Rgb8, ImageError> {
+    let img = open_checked(path)?;
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    if width == 0 || height == 0 {
+        return Err(ImageError::Empty { path: path.display().to_string() });
+    }
+    Ok(Rgb8 { width, height, data: img.to_rgb8().into_raw() })
+}
+
+/// Decodes an image, refusing one over [`MAX_PIXELS`] before decoding it.
+fn open_checked(path: &Path) -> Result<image::DynamicImage, ImageError> {
     let p = path.display().to_string();
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| ImageError::Decode { path: p.clone(), message: e.to_string() })?
-        .with_guessed_format()
-        .map_err(|e| ImageError::Decode { path: p.clone(), message: e.to_string() })?;
-    let (w, h) = reader.into_dimensions().map_err(|e| ImageError::Decode { path: p.clone(), message: e.to_string() })?;
+    let decode = |e: &dyn std::fmt::Display| ImageError::Decode { path: p.clone(), message: e.to_string() };
+    let reader =
+        image::ImageReader::open(path).map_err(|e| decode(&e))?.with_guessed_format().map_err(|e| decode(&e))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| decode(&e))?;
     if w as u64 * h as u64 > MAX_PIXELS {
         return Err(ImageError::TooLarge { path: p, width: w, height: h, max: MAX_PIXELS });
     }
-    let img = image::ImageReader::open(path)
+    image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
-        .map_err(|e| ImageError::Decode { path: p.clone(), message: e.to_string() })?
+        .map_err(|e| decode(&e))?
         .decode()
-        .map_err(|e| ImageError::Decode { path: p.clone(), message: e.to_string() })?;
-    from_dynamic(&img, &p)
+        .map_err(|e| decode(&e))
 }
 
 pub fn from_dynamic(img: &image::DynamicImage, name: &str) -> Result<Rgb8, ImageError> {
@@ -379,7 +393,8 @@ mod tests {
                     n_diff += 1;
                 }
             }
-            report += &format!("{name}: max |diff| {max_px:.4}/255 ({n_diff} values differ), normalised {max_norm:e}\n");
+            report +=
+                &format!("{name}: max |diff| {max_px:.4}/255 ({n_diff} values differ), normalised {max_norm:e}\n");
             worst = worst.max(max_px);
         }
         println!("{report}");

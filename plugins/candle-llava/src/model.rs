@@ -1,5 +1,7 @@
-//! `LlavaForConditionalGeneration` on candle: CLIP vision tower, multimodal projector, Llama
-//! text model, image features spliced in at the image-token positions.
+//! `LlavaForConditionalGeneration` and `LlavaNextForConditionalGeneration` on candle: CLIP
+//! vision tower, multimodal projector, Llama text model, image features spliced in at the
+//! image-token positions. LLaVA-NeXT runs the tower on every tile of an image and packs the
+//! tiles' features with its `image_newline` vector ([`crate::anyres::pack_image_features`]).
 //!
 //! Written against transformers' modeling files rather than reusing candle-transformers' llava,
 //! clip and llama: candle's CLIP `output_hidden_states` omits the embeddings output (so HF's
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Conv2dConfig, Embedding, LayerNorm, Linear, RmsNorm, VarBuilder};
 
+use crate::anyres::{self, AnyresError, PackGeometry, Size};
 use crate::config::{LlavaConfig, SelectStrategy, TextConfig, VisionConfig};
 
 pub type Result<T> = std::result::Result<T, ModelError>;
@@ -25,6 +28,15 @@ pub enum ModelError {
     Input(String),
 }
 
+impl From<AnyresError> for ModelError {
+    fn from(e: AnyresError) -> Self {
+        match e {
+            AnyresError::Candle(e) => ModelError::Candle(e),
+            e => ModelError::Input(e.to_string()),
+        }
+    }
+}
+
 /// The safetensors files of a checkpoint: `model.safetensors`, or the shards an index names.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
@@ -33,7 +45,8 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::Load(format!("{}: {e}", index.display())))?;
+        let text =
+            std::fs::read_to_string(&index).map_err(|e| ModelError::Load(format!("{}: {e}", index.display())))?;
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| ModelError::Load(format!("{}: {e}", index.display())))?;
         let map = v
@@ -387,17 +400,81 @@ impl LlamaModel {
         let last = self.norm.forward(&x.i((.., n - 1..n, ..))?)?;
         Ok(self.lm_head.forward(&last)?.flatten_all()?.to_dtype(DType::F32)?)
     }
+
+    /// Runs a left-padded batch `embeds` (b, n, hidden) after what the cache holds. Row `r` has
+    /// `pads[r]` padding positions at the start of the whole sequence; they are masked out and the
+    /// row's positions count from its first real token, as transformers does for left padding
+    /// (`position_ids = cumsum(attention_mask) - 1`). Returns each row's last logits, (b, vocab), f32.
+    pub fn forward_batch(&self, embeds: &Tensor, pads: &[usize], cache: &mut Cache) -> Result<Tensor> {
+        let (b, n, _) = embeds.dims3()?;
+        if pads.len() != b {
+            return Err(ModelError::Input(format!("{} pads for a batch of {b}", pads.len())));
+        }
+        let start = cache.len;
+        let total = start + n;
+        let longest = total - pads.iter().copied().min().unwrap_or(0);
+        if longest > self.max_positions {
+            return Err(ModelError::Input(format!(
+                "the sequence needs {longest} positions, more than the model's {} (max_position_embeddings)",
+                self.max_positions
+            )));
+        }
+        let mut positions = Vec::with_capacity(b * n);
+        let mut mask = Vec::with_capacity(b * n * total);
+        for &pad in pads {
+            for i in 0..n {
+                positions.push((start + i).saturating_sub(pad) as u32);
+                let q = start + i;
+                // A padding position sees only itself, so that no row is all -inf (its softmax would
+                // be NaN, and 0 * NaN poisons the real rows that mask it out).
+                let visible = |k: usize| if q < pad { k == q } else { k >= pad && k <= q };
+                mask.extend((0..total).map(|k| if visible(k) { 0.0 } else { f32::NEG_INFINITY }));
+            }
+        }
+        let dev = embeds.device();
+        let pos = Tensor::from_vec(positions, b * n, dev)?;
+        let half = self.cos.dim(1)?;
+        let cos = self.cos.index_select(&pos, 0)?.reshape((b, n, half))?;
+        let sin = self.sin.index_select(&pos, 0)?.reshape((b, n, half))?;
+        let mask = Tensor::from_vec(mask, (b, 1, n, total), dev)?;
+        let mut x = embeds.clone();
+        for (layer, kv) in self.layers.iter().zip(cache.kvs.iter_mut()) {
+            x = layer.forward(&x, &cos, &sin, Some(&mask), kv)?;
+        }
+        cache.len += n;
+        let last = self.norm.forward(&x.i((.., n - 1..n, ..))?)?;
+        Ok(self.lm_head.forward(&last)?.squeeze(1)?.to_dtype(DType::F32)?)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // LLaVA
 // ---------------------------------------------------------------------------------------------
 
+/// One image's pixel values, as the model takes them.
+#[derive(Debug, Clone)]
+pub enum PixelInput {
+    /// LLaVA-1.5: one tile, (1, 3, H, W).
+    Single(Tensor),
+    /// LLaVA-NeXT: the base image then the grid's tiles, (tiles, 3, H, W), and the image's
+    /// original (height, width) (`image_sizes`).
+    Anyres { tiles: Tensor, image_size: Size },
+}
+
+/// What LLaVA-NeXT adds to the model: the grid (`config.image_grid_pinpoints`) and the
+/// `image_newline` vector (text hidden,).
+pub struct AnyresHead {
+    pub pinpoints: Vec<Size>,
+    pub image_newline: Tensor,
+}
+
 pub struct Llava {
     pub config: LlavaConfig,
     vision: ClipVisionTower,
     proj1: Linear,
     proj2: Linear,
+    /// LLaVA-NeXT only.
+    anyres: Option<AnyresHead>,
     pub text: LlamaModel,
     pub device: Device,
     pub dtype: DType,
@@ -421,11 +498,17 @@ impl Llava {
             "embeddings.class_embedding",
         )
         .ok_or_else(|| ModelError::Load(format!("{}: no vision tower weights (vision_tower.*)", dir.display())))?;
-        let txt = pick_prefix(&vb, &["language_model.model.", "model.language_model.", "language_model."], "embed_tokens.weight")
-            .ok_or_else(|| ModelError::Load(format!("{}: no text model weights (language_model.*)", dir.display())))?;
+        let txt = pick_prefix(
+            &vb,
+            &["language_model.model.", "model.language_model.", "language_model."],
+            "embed_tokens.weight",
+        )
+        .ok_or_else(|| ModelError::Load(format!("{}: no text model weights (language_model.*)", dir.display())))?;
         let head = pick_prefix(&vb, &["language_model.lm_head.", "lm_head."], "weight").unwrap_or("lm_head.");
         let proj = pick_prefix(&vb, &["multi_modal_projector.", "model.multi_modal_projector."], "linear_1.weight")
-            .ok_or_else(|| ModelError::Load(format!("{}: no projector weights (multi_modal_projector.*)", dir.display())))?;
+            .ok_or_else(|| {
+                ModelError::Load(format!("{}: no projector weights (multi_modal_projector.*)", dir.display()))
+            })?;
         let strip = |p: &str| p.trim_end_matches('.').to_owned();
 
         // Only the layers up to the deepest selected hidden state are ever run.
@@ -448,11 +531,75 @@ impl Llava {
             .map_err(|e| ModelError::Load(format!("{}: projector: {e}", dir.display())))?;
         let text = LlamaModel::load(vb.pp(strip(txt)), vb.pp(strip(head)), &config.text, dtype, device)
             .map_err(|e| ModelError::Load(format!("{}: text model: {e}", dir.display())))?;
-        Ok(Self { config, vision, proj1, proj2, text, device: device.clone(), dtype })
+        Ok(Self { config, vision, proj1, proj2, anyres: None, text, device: device.clone(), dtype })
+    }
+
+    /// An original-format LLaVA (`LlavaLlamaForCausalLM`): the text model and `model.mm_projector.{0,2}`
+    /// from the checkpoint's weights (pickle shards or safetensors), the vision tower from its CLIP
+    /// folder (`vision_model.*`).
+    pub fn load_original(ck: &crate::original::OriginalCheckpoint, dtype: DType, device: &Device) -> Result<Self> {
+        let config = ck.config.clone();
+        let dir = &ck.dir;
+        let vb = crate::original::var_builder(dir, dtype, device)?;
+        let clip = crate::original::var_builder(&ck.vision_dir, dtype, device)?;
+        let vis =
+            pick_prefix(&clip, &["vision_model.", "vision_tower.vision_model.", ""], "embeddings.class_embedding")
+                .ok_or_else(|| {
+                    ModelError::Load(format!("{}: no CLIP vision weights (vision_model.*)", ck.vision_dir.display()))
+                })?;
+        let deepest = config.deepest_vision_layer();
+        let vision = ClipVisionTower::load(clip.pp(vis.trim_end_matches('.')), &config.vision, deepest)
+            .map_err(|e| ModelError::Load(format!("{}: vision tower: {e}", ck.vision_dir.display())))?;
+        let (vh, th) = (config.vision.hidden_size, config.text.hidden_size);
+        let proj = |i: usize, fan_in: usize| {
+            linear(vb.pp(format!("model.mm_projector.{i}")), fan_in, th, true)
+                .map_err(|e| ModelError::Load(format!("{}: projector: {e}", dir.display())))
+        };
+        let (proj1, proj2) = (proj(0, vh)?, proj(2, th)?);
+        let text = LlamaModel::load(vb.pp("model"), vb.pp("lm_head"), &config.text, dtype, device)
+            .map_err(|e| ModelError::Load(format!("{}: text model: {e}", dir.display())))?;
+        Ok(Self { config, vision, proj1, proj2, anyres: None, text, device: device.clone(), dtype })
+    }
+
+    /// A LLaVA-NeXT checkpoint: [`Llava::load`] plus the grid and `image_newline`, which
+    /// LLaVA-NeXT cannot do without (transformers would fill a missing one with random values).
+    pub fn load_next(
+        dir: &Path,
+        config: LlavaConfig,
+        pinpoints: Vec<Size>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let hidden = config.text.hidden_size;
+        let mut model = Self::load(dir, config, dtype, device)?;
+        let files = weight_files(dir)?;
+        // SAFETY: as in `load`: read-only maps of files we never write.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
+            .map_err(|e| ModelError::Load(format!("{}: {e}", dir.display())))?;
+        // Top level in transformers 4.x saves (and the fixtures), under `model.` in 5.x's layout.
+        let prefix = pick_prefix(&vb, &["", "model."], "image_newline")
+            .ok_or_else(|| ModelError::Load(format!("{}: missing weight image_newline (LLaVA-NeXT)", dir.display())))?;
+        let image_newline = vb
+            .get(hidden, &format!("{prefix}image_newline"))
+            .map_err(|e| ModelError::Load(format!("{}: image_newline: {e}", dir.display())))?;
+        model.anyres = Some(AnyresHead { pinpoints, image_newline });
+        Ok(model)
+    }
+
+    /// LLaVA-NeXT's grid and newline, when this is a LLaVA-NeXT model.
+    pub fn anyres(&self) -> Option<&AnyresHead> {
+        self.anyres.as_ref()
     }
 
     /// Projected image features for pixel values (b, 3, H, W): (b * features, text hidden).
     pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let x = self.tile_features(pixel_values)?;
+        let (b, n, h) = x.dims3()?;
+        Ok(x.reshape((b * n, h))?)
+    }
+
+    /// Projected features per tile for pixel values (b, 3, H, W): (b, features, text hidden).
+    pub fn tile_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let hs = self.vision.hidden_states(&pixel_values.to_dtype(self.dtype)?)?;
         let n_hidden = hs.len() as i64; // deepest + 1 states; indices are relative to the full tuple
         let full = self.config.vision.num_hidden_layers as i64 + 1;
@@ -471,16 +618,53 @@ impl Llava {
         }
         let feats = Tensor::cat(&picked, D::Minus1)?;
         let x = act(&self.config.projector_hidden_act, &self.proj1.forward(&feats)?)?;
-        let x = self.proj2.forward(&x)?;
-        let (b, n, h) = x.dims3()?;
-        Ok(x.reshape((b * n, h))?)
+        Ok(self.proj2.forward(&x)?)
+    }
+
+    /// LLaVA-NeXT's features for one image (`get_image_features`, then `pack_image_features`):
+    /// `tiles` (n, 3, H, W) from the processor, of which the first `image_size_to_num_patches`
+    /// are read, and the image's original (height, width). Returns (rows, text hidden).
+    pub fn anyres_image_features(&self, tiles: &Tensor, image_size: Size) -> Result<Tensor> {
+        let head = self
+            .anyres
+            .as_ref()
+            .ok_or_else(|| ModelError::Input("anyres (LLaVA-NeXT) pixel values for a LLaVA-1.5 model".into()))?;
+        let geometry = PackGeometry::new(&head.pinpoints, &self.config.vision);
+        let wanted = geometry.num_patches(image_size)?;
+        let have = tiles.dim(0)?;
+        if have < wanted {
+            return Err(ModelError::Input(format!(
+                "an image of {}x{} needs {wanted} tiles, the pixel values hold {have}",
+                image_size.0, image_size.1
+            )));
+        }
+        let feats = self.tile_features(&tiles.narrow(0, 0, wanted)?)?;
+        Ok(anyres::pack_image_features(&feats, image_size, &geometry, Some(&head.image_newline))?)
+    }
+
+    /// The features of a prompt's images, in order, concatenated: (rows, text hidden), or `None`
+    /// without images.
+    pub fn features_for(&self, images: &[PixelInput]) -> Result<Option<Tensor>> {
+        let parts = images
+            .iter()
+            .map(|img| match img {
+                PixelInput::Single(px) => self.image_features(px),
+                PixelInput::Anyres { tiles, image_size } => self.anyres_image_features(tiles, *image_size),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Tensor::cat(&parts, 0)?))
     }
 
     /// Token embeddings with the image features written over the image-token positions.
     pub fn merged_embeddings(&self, ids: &[u32], image_features: Option<&Tensor>) -> Result<Tensor> {
-        let ids_t = Tensor::new(ids, &self.device)?;
-        let emb = self.text.embed(&ids_t)?;
         let image_id = self.config.image_token_id;
+        // Image positions are overwritten below; their id need not even be in the vocabulary (the
+        // original format marks them with -200).
+        let embeddable: Vec<u32> = ids.iter().map(|&t| if t == image_id { 0 } else { t }).collect();
+        let emb = self.text.embed(&Tensor::new(embeddable.as_slice(), &self.device)?)?;
         let n_img = ids.iter().filter(|&&t| t == image_id).count();
         let n_feat = image_features.map_or(Ok(0), |f| f.dim(0))?;
         if n_img != n_feat {
@@ -523,7 +707,18 @@ impl Llava {
         eos: &[u32],
     ) -> Result<(Tensor, Vec<u32>)> {
         let feats = pixel_values.map(|p| self.image_features(p)).transpose()?;
-        let embeds = self.merged_embeddings(ids, feats.as_ref())?;
+        self.greedy_from_features(ids, feats.as_ref(), max_new_tokens, eos)
+    }
+
+    /// [`Llava::greedy`] from image features already computed ([`Llava::features_for`]).
+    pub fn greedy_from_features(
+        &self,
+        ids: &[u32],
+        image_features: Option<&Tensor>,
+        max_new_tokens: usize,
+        eos: &[u32],
+    ) -> Result<(Tensor, Vec<u32>)> {
+        let embeds = self.merged_embeddings(ids, image_features)?;
         let mut cache = self.text.new_cache();
         let mut logits = self.text.forward_embeds(&embeds, &mut cache)?;
         let first = logits.clone();
@@ -538,6 +733,58 @@ impl Llava {
             logits = self.text.forward_embeds(&e, &mut cache)?;
         }
         Ok((first, out))
+    }
+
+    /// Greedy decoding of several prompts at once, left-padded into one batch: each prompt's
+    /// (input embeddings (1, n, hidden)) in, each one's generated tokens out (stopping at its
+    /// first `eos`, which is included, or after `max_new_tokens`).
+    pub fn greedy_batch(&self, prompts: &[Tensor], max_new_tokens: &[usize], eos: &[u32]) -> Result<Vec<Vec<u32>>> {
+        let b = prompts.len();
+        if b == 0 {
+            return Ok(vec![]);
+        }
+        let lens: Vec<usize> = prompts.iter().map(|p| p.dim(1)).collect::<candle_core::Result<_>>()?;
+        let n = lens.iter().copied().max().unwrap_or(0);
+        let hidden = prompts[0].dim(2)?;
+        let pads: Vec<usize> = lens.iter().map(|l| n - l).collect();
+        let rows = prompts
+            .iter()
+            .zip(&pads)
+            .map(|(p, &pad)| {
+                if pad == 0 {
+                    Ok(p.clone())
+                } else {
+                    Tensor::cat(&[&Tensor::zeros((1, pad, hidden), p.dtype(), &self.device)?, p], 1)
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let embeds = Tensor::cat(&rows, 0)?;
+        let mut cache = self.text.new_cache();
+        let mut logits = self.text.forward_batch(&embeds, &pads, &mut cache)?;
+        let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+        let mut done: Vec<bool> = max_new_tokens.iter().map(|&m| m == 0).collect();
+        let steps = max_new_tokens.iter().copied().max().unwrap_or(0);
+        for _ in 0..steps {
+            let next: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
+            for r in 0..b {
+                if !done[r] {
+                    out[r].push(next[r]);
+                    done[r] = eos.contains(&next[r]) || out[r].len() >= max_new_tokens[r];
+                }
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+            let e = self.text.embed(&Tensor::new(next.as_slice(), &self.device)?)?.unsqueeze(1)?;
+            logits = self.text.forward_batch(&e, &pads, &mut cache)?;
+        }
+        Ok(out)
+    }
+
+    /// The input embeddings of one prompt: token embeddings with its images' features spliced in.
+    pub fn prompt_embeddings(&self, ids: &[u32], images: &[PixelInput]) -> Result<Tensor> {
+        let feats = self.features_for(images)?;
+        self.merged_embeddings(ids, feats.as_ref())
     }
 }
 
@@ -562,7 +809,8 @@ mod tests {
         let mut all_equal = true;
         for case in golden["cases"].as_array().unwrap() {
             let image = case["image"].as_str().unwrap();
-            let ids: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let ids: Vec<u32> =
+                case["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
             let (px, h, w) = image_proc::preprocess(&fx.join(image), &proc.image).unwrap();
             let px = Tensor::from_vec(px, (1, 3, h, w), &Device::Cpu).unwrap();
             let want_tokens: Vec<u32> =
@@ -576,7 +824,63 @@ mod tests {
             worst = worst.max(d);
             let eq = tokens == want_tokens;
             all_equal &= eq;
-            table += &format!("{:<10} {:<10} {:<13.3e} {}\n", image.trim_start_matches("images/"), case["prompt_id"].as_str().unwrap(), d, eq);
+            table += &format!(
+                "{:<10} {:<10} {:<13.3e} {}\n",
+                image.trim_start_matches("images/"),
+                case["prompt_id"].as_str().unwrap(),
+                d,
+                eq
+            );
+        }
+        println!("{table}");
+        assert!(worst <= 1e-4, "{table}");
+        assert!(all_equal, "{table}");
+    }
+
+    /// LLaVA-NeXT: first-step logits and 24 greedy tokens (no EOS stop) against transformers,
+    /// from the golden input ids and our own anyres pixel values.
+    #[test]
+    fn llava_next_logits_and_greedy_tokens_match_goldens() {
+        use crate::anyres;
+        use crate::config::ModelConfig;
+        let fx = crate::test_util::fixtures();
+        let dir = fx.join("checkpoints/llava_next");
+        let golden: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fx.join("golden/llava_next/golden.json")).unwrap()).unwrap();
+        let cfg = ModelConfig::from_dir(&dir).unwrap();
+        let proc = ProcessorConfig::from_dir(&dir).unwrap();
+        let model = Llava::load_next(&dir, cfg.llava, cfg.image_grid_pinpoints, DType::F32, &Device::Cpu).unwrap();
+        let mut table = String::from("image      prompt     max|dlogit|   tokens equal\n");
+        let mut worst = 0f32;
+        let mut all_equal = true;
+        let cases = golden["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 21);
+        for case in cases {
+            let image = case["image"].as_str().unwrap();
+            let ids: Vec<u32> =
+                case["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let px = anyres::preprocess(&fx.join(image), &proc.image).unwrap();
+            let tiles = Tensor::from_vec(px.values, (px.num_patches, 3, px.height, px.width), &Device::Cpu).unwrap();
+            let feats = model.features_for(&[PixelInput::Anyres { tiles, image_size: px.image_size }]).unwrap();
+            let want_tokens: Vec<u32> =
+                case["greedy_tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            assert_eq!(want_tokens.len(), 24);
+            let (logits, tokens) = model.greedy_from_features(&ids, feats.as_ref(), want_tokens.len(), &[]).unwrap();
+            let logits: Vec<f32> = logits.to_vec1().unwrap();
+            let lname = case["first_step_logits"]["npy"].as_str().unwrap();
+            let want = npy::read_f32(&fx.join("golden/llava_next").join(lname)).unwrap();
+            assert_eq!(want.data.len(), logits.len());
+            let d = logits.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            worst = worst.max(d);
+            let eq = tokens == want_tokens;
+            all_equal &= eq;
+            table += &format!(
+                "{:<10} {:<10} {:<13.3e} {}\n",
+                image.trim_start_matches("images/"),
+                case["prompt_id"].as_str().unwrap(),
+                d,
+                eq
+            );
         }
         println!("{table}");
         assert!(worst <= 1e-4, "{table}");

@@ -14,7 +14,9 @@ use vlsbench_plugin_api::{ChatMessage, ContentPart, Role};
 pub enum PromptError {
     #[error("cannot read {path}: {message}")]
     Read { path: PathBuf, message: String },
-    #[error("{0}: no chat template (chat_template.jinja, chat_template.json, processor_config.json or tokenizer_config.json)")]
+    #[error(
+        "{0}: no chat template (chat_template.jinja, chat_template.json, processor_config.json or tokenizer_config.json)"
+    )]
     NoTemplate(PathBuf),
     #[error("chat template: {0}")]
     Template(String),
@@ -234,7 +236,9 @@ mod tests {
     fn check(checkpoint: &str, golden: &str) {
         let fx = crate::test_util::fixtures();
         let dir = fx.join("checkpoints").join(checkpoint);
-        let g: Value = serde_json::from_str(&std::fs::read_to_string(fx.join("golden").join(golden).join("golden.json")).unwrap()).unwrap();
+        let g: Value =
+            serde_json::from_str(&std::fs::read_to_string(fx.join("golden").join(golden).join("golden.json")).unwrap())
+                .unwrap();
         let tmpl = ChatTemplate::from_dir(&dir).unwrap();
         let tok = PromptTokenizer::from_dir(&dir).unwrap();
         let proc = crate::config::ProcessorConfig::from_dir(&dir).unwrap();
@@ -244,9 +248,11 @@ mod tests {
             let rendered = tmpl.render(&user(prompt)).unwrap();
             assert_eq!(rendered, case["rendered_prompt"].as_str().unwrap(), "{checkpoint}: {prompt}");
             let ids = tok.encode(&rendered, &proc.image_token, n).unwrap();
-            let want: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let want: Vec<u32> =
+                case["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
             assert_eq!(ids, want, "{checkpoint}: {prompt}");
-            let toks: Vec<u32> = case["greedy_tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let toks: Vec<u32> =
+                case["greedy_tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
             assert_eq!(tok.decode(&toks).unwrap(), case["decoded"].as_str().unwrap(), "{checkpoint}: decode");
         }
     }
