@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod judge_sandbox;
+mod local_models;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -6,6 +6,8 @@
 //! - `cargo xtask test`            build, then `cargo test --workspace`
 //! - `cargo xtask demo`            build, then run `examples/demo/demo.toml` offline
 //! - `cargo xtask bench api [--delay-ms 100] [--concurrency 64] [--items N]`
+//! - `cargo xtask bench llava [--dtype f32|bf16] [--max-batch 8] [--new-tokens 128]` (needs Python)
+//! - `cargo xtask fixtures [--check]`  regenerate (or check) the parity fixtures (needs Python)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,6 +20,7 @@ const NATIVE: &[&str] = &[
     "vlsbench-host",
     "vlsbench-backend-openai",
     "vlsbench-backend-answers-file",
+    "vlsbench-backend-candle-llava",
     "vlsbench-fixture-wrong-abi-backend",
 ];
 /// Judge components, built for wasm32-wasip2.
@@ -34,10 +37,15 @@ fn main() -> anyhow::Result<()> {
         Some("demo") => demo(),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("api") => bench_api(&args[2..]),
-            _ => bail!("usage: cargo xtask bench api [--delay-ms MS] [--concurrency N] [--items N]"),
+            Some("llava") => bench_llava(&args[2..]),
+            _ => bail!(
+                "usage: cargo xtask bench api [--delay-ms MS] [--concurrency N] [--items N]\n       \
+                 cargo xtask bench llava [--dtype f32|bf16] [--max-batch N] [--new-tokens N]"
+            ),
         },
+        Some("fixtures") => fixtures(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <build [--release] | test | demo | bench api>");
+            eprintln!("usage: cargo xtask <build [--release] | test | demo | fixtures [--check] | bench api|llava>");
             std::process::exit(2);
         }
     }
@@ -239,5 +247,136 @@ concurrency = {concurrency}
     println!("| sequential 2·N·delay (reference)| {sequential:>7.2} | {:>7.3} |", sequential / ideal);
     println!("requests served: {requests} (expected {})", 2 * n);
     println!("goal: within 1.15× of ideal → {}", if wall <= 1.15 * ideal { "met" } else { "NOT met" });
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Python-side tools: the parity fixtures and the LLaVA speed benchmark
+
+const FIXTURE_PACKAGES: &str = "tests/fixtures/requirements.txt";
+
+/// The Python that has the fixture packages: `$VLSBENCH_PYTHON`, else `python3`. Fails naming
+/// the packages when one is missing.
+fn python() -> anyhow::Result<PathBuf> {
+    let py = PathBuf::from(std::env::var("VLSBENCH_PYTHON").unwrap_or_else(|_| "python3".into()));
+    let probe = Command::new(&py)
+        .args([
+            "-c",
+            "import torch, transformers, PIL, sentencepiece, numpy, safetensors; print(transformers.__version__)",
+        ])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => {
+            eprintln!("python: {} (transformers {})", py.display(), String::from_utf8_lossy(&o.stdout).trim());
+            Ok(py)
+        }
+        _ => bail!(
+            "{} lacks the fixture packages. They are pinned in {FIXTURE_PACKAGES} (torch, transformers, tokenizers, \
+             sentencepiece, protobuf, pillow, numpy, safetensors, jinja2; no torchvision):\n  \
+             python3 -m venv /tmp/venv && /tmp/venv/bin/pip install -r {FIXTURE_PACKAGES}\n  \
+             VLSBENCH_PYTHON=/tmp/venv/bin/python cargo xtask ...",
+            py.display()
+        ),
+    }
+}
+
+/// Regenerates tests/fixtures (checkpoints, images, goldens), or with `--check` regenerates into a
+/// temporary folder and compares hashes with the committed MANIFEST.
+fn fixtures(args: &[String]) -> anyhow::Result<()> {
+    let py = python()?;
+    let mut cmd = Command::new(py);
+    cmd.arg("tests/fixtures/make_fixtures.py");
+    if args.iter().any(|a| a == "--check") {
+        cmd.arg("--check");
+    }
+    run(&mut cmd)
+}
+
+fn flag_str(args: &[String], name: &str, default: &str) -> anyhow::Result<String> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => Ok(args.get(i + 1).context(format!("{name} needs a value"))?.clone()),
+        None => Ok(default.to_owned()),
+    }
+}
+
+/// One measurement line, as both sides print it.
+#[derive(serde::Deserialize)]
+struct LlavaMeasure {
+    batch: u64,
+    prompt_tokens: u64,
+    prefill_s: f64,
+    decode_tok_s: f64,
+    peak_rss_mib: f64,
+}
+
+fn measure(cmd: &mut Command) -> anyhow::Result<LlavaMeasure> {
+    eprintln!("$ {cmd:?}");
+    let out = cmd.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed with {}", out.status);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rev().find(|l| l.starts_with('{')).context("no JSON line in the output")?;
+    serde_json::from_str(line).with_context(|| format!("cannot read {line}"))
+}
+
+/// Our backend and transformers on the same ~100M-parameter random LLaVA-1.5 checkpoint (real
+/// 336 px / patch 14 geometry, 32,064-token vocabulary), the same prompts and images, the same
+/// dtype, greedy, at batch 1 and at the largest batch; each configuration in its own process.
+fn bench_llava(args: &[String]) -> anyhow::Result<()> {
+    let dtype = flag_str(args, "--dtype", "f32")?;
+    let max_batch = flag(args, "--max-batch", 8)?;
+    let new_tokens = flag(args, "--new-tokens", 128)?;
+    let py = python()?;
+    let dir = Path::new("target/bench-llava");
+    let ck = dir.join("checkpoint");
+    if !ck.join("config.json").is_file() {
+        run(Command::new(&py).arg("tests/fixtures/make_fixtures.py").arg("--bench-checkpoint").arg(&ck))?;
+    }
+    run(cargo().args(["build", "--release", "-p", "vlsbench-backend-candle-llava", "--example", "bench"]))?;
+    let ours_bin = Path::new("target/release/examples/bench");
+    let images =
+        ["tests/fixtures/images/large.png", "tests/fixtures/images/wide.png", "tests/fixtures/images/square.png"];
+    let prompt = "What is the person in this picture about to do, and how could they do it more effectively?";
+    let mut rows = Vec::new();
+    let mut batches = vec![1];
+    if max_batch > 1 {
+        batches.push(max_batch);
+    }
+    for &b in &batches {
+        let common = |c: &mut Command| {
+            c.arg(&ck).args(["--prompt", prompt, "--batch", &b.to_string(), "--new-tokens", &new_tokens.to_string()]);
+            c.args(["--dtype", &dtype]);
+            for i in images {
+                c.args(["--image", i]);
+            }
+        };
+        let mut ours = Command::new(ours_bin);
+        common(&mut ours);
+        let mut theirs = Command::new(&py);
+        theirs.arg("tests/fixtures/bench_llava.py");
+        common(&mut theirs);
+        theirs.args(["--threads", &std::thread::available_parallelism().map_or(2, |n| n.get()).to_string()]);
+        rows.push((measure(&mut ours)?, measure(&mut theirs)?));
+    }
+    println!(
+        "\nLLaVA-1.5 shape, ~100M parameters, {dtype}, CPU ({} threads), {new_tokens} new tokens, greedy",
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    );
+    println!("| batch | prompt tokens | impl | prefill s | decode tok/s | peak RSS MiB |");
+    println!("|---:|---:|---|---:|---:|---:|");
+    for (o, t) in &rows {
+        for (name, m) in [("candle-llava", o), ("transformers", t)] {
+            println!(
+                "| {} | {} | {name} | {:.2} | {:.1} | {:.0} |",
+                m.batch, m.prompt_tokens, m.prefill_s, m.decode_tok_s, m.peak_rss_mib
+            );
+        }
+    }
+    println!("\n| batch | decode speed-up (ours / transformers) | prefill speed-up |");
+    println!("|---:|---:|---:|");
+    for (o, t) in &rows {
+        println!("| {} | {:.2}x | {:.2}x |", o.batch, o.decode_tok_s / t.decode_tok_s, t.prefill_s / o.prefill_s);
+    }
     Ok(())
 }

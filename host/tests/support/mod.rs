@@ -46,6 +46,9 @@ pub fn openai_backend() -> PathBuf {
 pub fn answers_file_backend() -> PathBuf {
     plugin_dir().join("libvlsbench_backend_answers_file.so")
 }
+pub fn candle_llava_backend() -> PathBuf {
+    plugin_dir().join("libvlsbench_backend_candle_llava.so")
+}
 pub fn wrong_abi_backend() -> PathBuf {
     plugin_dir().join("libvlsbench_fixture_wrong_abi_backend.so")
 }
@@ -64,6 +67,7 @@ pub fn require_built() {
     let needed = [
         openai_backend(),
         answers_file_backend(),
+        candle_llava_backend(),
         wrong_abi_backend(),
         vlsbench_judge(),
         refusal_keywords_judge(),
