@@ -474,6 +474,11 @@ impl Backend for CandleLlava {
         let dir = if ck.is_absolute() { ck.to_owned() } else { config.base_dir.join(ck) };
         let dtype = parse_dtype(config.dtype.as_deref())?;
         let device = parse_device(config.device.as_deref())?;
+        if dtype == DType::BF16 && device.is_cpu() {
+            return Err(BackendError::bad_config(
+                "dtype bf16 needs device cuda: candle 0.11's CPU matrix product has no bf16 kernel (use f32 or f16 on cpu)",
+            ));
+        }
         let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { config.base_dir.join(p) };
         let vision_tower = match config.options.get("vision_tower") {
             None | Some(serde_json::Value::Null) => None,
@@ -642,6 +647,43 @@ mod tests {
         println!("{table}");
         assert!(worst <= 1e-4, "{table}");
         assert!(all_equal, "{table}");
+    }
+
+    #[test]
+    fn f16_runs_close_to_the_f32_goldens_and_bf16_on_cpu_is_refused() {
+        let fx = crate::test_util::fixtures();
+        let g: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fx.join("golden/llava_hf_old_layout/golden.json")).unwrap(),
+        )
+        .unwrap();
+        let mut report = String::new();
+        let mut cfg = backend_config("llava_hf", "checkpoints/llava_hf_old_layout");
+        cfg.dtype = Some("bf16".into());
+        let e = CandleLlava::create(cfg).err().unwrap();
+        assert!(e.message.contains("bf16") && e.message.contains("cuda"), "{e}");
+        for (dtype, tolerance) in [("f16", 0.02f32)] {
+            let mut cfg = backend_config("llava_hf", "checkpoints/llava_hf_old_layout");
+            cfg.dtype = Some(dtype.into());
+            let b = CandleLlava::create(cfg).unwrap();
+            assert_eq!(b.model().dtype, parse_dtype(Some(dtype)).unwrap());
+            let mut worst = 0f32;
+            for case in g["cases"].as_array().unwrap().iter().step_by(4) {
+                let req = request("0", case["prompt"].as_str().unwrap(), &fx.join(case["image"].as_str().unwrap()), 4);
+                let (ids, images) = b.prepare(&req).unwrap();
+                let embeds = b.model().prompt_embeddings(&ids, &images).unwrap();
+                let mut cache = b.model().text.new_cache();
+                let logits: Vec<f32> = b.model().text.forward_embeds(&embeds, &mut cache).unwrap().to_vec1().unwrap();
+                let npy = case["first_step_logits"]["npy"].as_str().unwrap();
+                let want = crate::npy::read_f32(&fx.join("golden/llava_hf_old_layout").join(npy)).unwrap();
+                let d = logits.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(logits.iter().all(|x| x.is_finite()), "{dtype}: non-finite logits");
+                worst = worst.max(d);
+                assert!(b.generate_one(&req).is_ok());
+            }
+            report += &format!("{dtype}: max |dlogit| vs f32 goldens {worst:.3e} (tolerance {tolerance})\n");
+            assert!(worst <= tolerance, "{report}");
+        }
+        println!("{report}");
     }
 
     /// Every golden case of a checkpoint decoded in one batch gives the same answers as one by one.
