@@ -12,6 +12,8 @@ pub mod abi;
 pub mod types;
 
 #[cfg(feature = "judge-guest")]
+// The generated bindings take every field of a WIT record as an argument.
+#[allow(clippy::too_many_arguments)]
 pub mod judge_guest;
 
 pub use abi::{ABI_MAJOR, ABI_MINOR, Backend, ENTRY_SYMBOL};

@@ -317,7 +317,7 @@ pub(crate) fn vision_config(v: Option<&Value>, path: &Path) -> Result<VisionConf
         hidden_act: field(v, "hidden_act", path, ctx)?.unwrap_or_else(|| "quick_gelu".into()),
         layer_norm_eps: field(v, "layer_norm_eps", path, ctx)?.unwrap_or(1e-5),
     };
-    if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 || c.patch_size == 0 {
+    if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) || c.patch_size == 0 {
         return Err(invalid(path, "vision_config: inconsistent sizes"));
     }
     Ok(c)

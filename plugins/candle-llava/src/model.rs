@@ -903,49 +903,26 @@ impl Llava {
 mod tests {
     use super::*;
     use crate::config::ProcessorConfig;
-    use crate::{image_proc, npy};
+    use crate::image_proc;
+
+    use crate::test_util::{Parity, golden, ids};
 
     /// First-step logits and 24 greedy tokens against transformers, from the golden input ids.
     #[test]
     fn llava_hf_logits_and_greedy_tokens_match_goldens() {
         let fx = crate::test_util::fixtures();
         let dir = fx.join("checkpoints/llava_hf");
-        let golden: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(fx.join("golden/llava_hf/golden.json")).unwrap()).unwrap();
         let cfg = LlavaConfig::from_dir(&dir).unwrap();
         let proc = ProcessorConfig::from_dir(&dir).unwrap();
         let model = Llava::load(&dir, cfg, DType::F32, &Device::Cpu).unwrap();
-        let mut table = String::from("image      prompt     max|dlogit|   tokens equal\n");
-        let mut worst = 0f32;
-        let mut all_equal = true;
-        for case in golden["cases"].as_array().unwrap() {
-            let image = case["image"].as_str().unwrap();
-            let ids: Vec<u32> =
-                case["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-            let (px, h, w) = image_proc::preprocess(&fx.join(image), &proc.image).unwrap();
+        let mut parity = Parity::new("llava_hf");
+        for case in golden("llava_hf")["cases"].as_array().unwrap() {
+            let (px, h, w) = image_proc::preprocess(&fx.join(case["image"].as_str().unwrap()), &proc.image).unwrap();
             let px = Tensor::from_vec(px, (1, 3, h, w), &Device::Cpu).unwrap();
-            let want_tokens: Vec<u32> =
-                case["greedy_tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-            let (logits, tokens) = model.greedy(&ids, Some(&px), want_tokens.len(), &[]).unwrap();
-            let logits: Vec<f32> = logits.to_vec1().unwrap();
-            let lname = case["first_step_logits"]["npy"].as_str().unwrap();
-            let want = npy::read_f32(&fx.join("golden/llava_hf").join(lname)).unwrap();
-            assert_eq!(want.data.len(), logits.len());
-            let d = logits.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            worst = worst.max(d);
-            let eq = tokens == want_tokens;
-            all_equal &= eq;
-            table += &format!(
-                "{:<10} {:<10} {:<13.3e} {}\n",
-                image.trim_start_matches("images/"),
-                case["prompt_id"].as_str().unwrap(),
-                d,
-                eq
-            );
+            let (logits, tokens) = model.greedy(&ids(case, "input_ids"), Some(&px), 24, &[]).unwrap();
+            parity.record(case, &logits.to_vec1::<f32>().unwrap(), &tokens);
         }
-        println!("{table}");
-        assert!(worst <= 1e-4, "{table}");
-        assert!(all_equal, "{table}");
+        parity.check();
     }
 
     /// LLaVA-NeXT: first-step logits and 24 greedy tokens (no EOS stop) against transformers,
@@ -956,45 +933,21 @@ mod tests {
         use crate::config::ModelConfig;
         let fx = crate::test_util::fixtures();
         let dir = fx.join("checkpoints/llava_next");
-        let golden: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(fx.join("golden/llava_next/golden.json")).unwrap()).unwrap();
         let cfg = ModelConfig::from_dir(&dir).unwrap();
         let proc = ProcessorConfig::from_dir(&dir).unwrap();
         let model = Llava::load_next(&dir, cfg.llava, cfg.image_grid_pinpoints, DType::F32, &Device::Cpu).unwrap();
-        let mut table = String::from("image      prompt     max|dlogit|   tokens equal\n");
-        let mut worst = 0f32;
-        let mut all_equal = true;
-        let cases = golden["cases"].as_array().unwrap();
+        let g = golden("llava_next");
+        let cases = g["cases"].as_array().unwrap();
         assert_eq!(cases.len(), 21);
+        let mut parity = Parity::new("llava_next");
         for case in cases {
-            let image = case["image"].as_str().unwrap();
-            let ids: Vec<u32> =
-                case["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-            let px = anyres::preprocess(&fx.join(image), &proc.image).unwrap();
+            let px = anyres::preprocess(&fx.join(case["image"].as_str().unwrap()), &proc.image).unwrap();
             let tiles = Tensor::from_vec(px.values, (px.num_patches, 3, px.height, px.width), &Device::Cpu).unwrap();
             let feats = model.features_for(&[PixelInput::Anyres { tiles, image_size: px.image_size }]).unwrap();
-            let want_tokens: Vec<u32> =
-                case["greedy_tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-            assert_eq!(want_tokens.len(), 24);
-            let (logits, tokens) = model.greedy_from_features(&ids, feats.as_ref(), want_tokens.len(), &[]).unwrap();
-            let logits: Vec<f32> = logits.to_vec1().unwrap();
-            let lname = case["first_step_logits"]["npy"].as_str().unwrap();
-            let want = npy::read_f32(&fx.join("golden/llava_next").join(lname)).unwrap();
-            assert_eq!(want.data.len(), logits.len());
-            let d = logits.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            worst = worst.max(d);
-            let eq = tokens == want_tokens;
-            all_equal &= eq;
-            table += &format!(
-                "{:<10} {:<10} {:<13.3e} {}\n",
-                image.trim_start_matches("images/"),
-                case["prompt_id"].as_str().unwrap(),
-                d,
-                eq
-            );
+            let (logits, tokens) =
+                model.greedy_from_features(&ids(case, "input_ids"), feats.as_ref(), 24, &[]).unwrap();
+            parity.record(case, &logits.to_vec1::<f32>().unwrap(), &tokens);
         }
-        println!("{table}");
-        assert!(worst <= 1e-4, "{table}");
-        assert!(all_equal, "{table}");
+        parity.check();
     }
 }
