@@ -907,22 +907,26 @@ mod tests {
 
     use crate::test_util::{Parity, golden, ids};
 
-    /// First-step logits and 24 greedy tokens against transformers, from the golden input ids.
+    /// First-step logits and 24 greedy tokens against transformers, from the golden input ids, in
+    /// both on-disk layouts (the old one stores f16 weights, run in f32 like the reference run).
     #[test]
     fn llava_hf_logits_and_greedy_tokens_match_goldens() {
         let fx = crate::test_util::fixtures();
-        let dir = fx.join("checkpoints/llava_hf");
-        let cfg = LlavaConfig::from_dir(&dir).unwrap();
-        let proc = ProcessorConfig::from_dir(&dir).unwrap();
-        let model = Llava::load(&dir, cfg, DType::F32, &Device::Cpu).unwrap();
-        let mut parity = Parity::new("llava_hf");
-        for case in golden("llava_hf")["cases"].as_array().unwrap() {
-            let (px, h, w) = image_proc::preprocess(&fx.join(case["image"].as_str().unwrap()), &proc.image).unwrap();
-            let px = Tensor::from_vec(px, (1, 3, h, w), &Device::Cpu).unwrap();
-            let (logits, tokens) = model.greedy(&ids(case, "input_ids"), Some(&px), 24, &[]).unwrap();
-            parity.record(case, &logits.to_vec1::<f32>().unwrap(), &tokens);
+        for checkpoint in ["llava_hf", "llava_hf_old_layout"] {
+            let dir = fx.join("checkpoints").join(checkpoint);
+            let cfg = LlavaConfig::from_dir(&dir).unwrap();
+            let proc = ProcessorConfig::from_dir(&dir).unwrap();
+            let model = Llava::load(&dir, cfg, DType::F32, &Device::Cpu).unwrap();
+            let mut parity = Parity::new(checkpoint);
+            for case in golden(checkpoint)["cases"].as_array().unwrap() {
+                let image = fx.join(case["image"].as_str().unwrap());
+                let (px, h, w) = image_proc::preprocess(&image, &proc.image).unwrap();
+                let px = Tensor::from_vec(px, (1, 3, h, w), &Device::Cpu).unwrap();
+                let (logits, tokens) = model.greedy(&ids(case, "input_ids"), Some(&px), 24, &[]).unwrap();
+                parity.record(case, &logits.to_vec1::<f32>().unwrap(), &tokens);
+            }
+            parity.check();
         }
-        parity.check();
     }
 
     /// LLaVA-NeXT: first-step logits and 24 greedy tokens (no EOS stop) against transformers,
