@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use vlsbench_plugin_api::{
-    Backend, BackendConfig, BackendError, BackendInfo, ContentPart, GenerateRequest, Generation,
+    Backend, BackendConfig, BackendError, BackendInfo, ChatMessage, ContentPart, GenerateRequest, Generation,
 };
 
 use crate::anyres::{self, TokenCount};
@@ -79,6 +79,29 @@ fn parse_device(s: Option<&str>) -> Result<Device, BackendError> {
         }
         other => Err(BackendError::unsupported(format!("device {other:?} is not supported (cpu, cuda)"))),
     }
+}
+
+/// The images of a request's messages, in order.
+fn image_paths(messages: &[ChatMessage]) -> Vec<&Path> {
+    let parts = messages.iter().flat_map(|m| &m.content);
+    parts
+        .filter_map(|p| match p {
+            ContentPart::Image { path } => Some(path.as_path()),
+            ContentPart::Text { .. } => None,
+        })
+        .collect()
+}
+
+/// The text of a request's messages, parts joined by new lines (the original format's question).
+fn question(messages: &[ChatMessage]) -> String {
+    let parts = messages.iter().flat_map(|m| &m.content);
+    let texts: Vec<&str> = parts
+        .filter_map(|p| match p {
+            ContentPart::Text { text } => Some(text.as_str()),
+            ContentPart::Image { .. } => None,
+        })
+        .collect();
+    texts.join("\n")
 }
 
 /// A model error as the host sees it: bad input is the item's fault, anything else the model's.
@@ -232,15 +255,7 @@ impl CandleLlava {
     pub fn prepare(&self, req: &GenerateRequest) -> Result<(Vec<u32>, Vec<PixelInput>), BackendError> {
         let item = &req.id;
         let bad = |e: &dyn std::fmt::Display| BackendError::bad_request(format!("item {item}: {e}"));
-        let image_paths: Vec<&Path> = req
-            .messages
-            .iter()
-            .flat_map(|m| &m.content)
-            .filter_map(|p| match p {
-                ContentPart::Image { path } => Some(path.as_path()),
-                ContentPart::Text { .. } => None,
-            })
-            .collect();
+        let image_paths = image_paths(&req.messages);
         let (processor, model_type, token_count, template, tokenizer) = match &self.frontend {
             Frontend::Hf { model_type, processor, token_count, template, tokenizer } => {
                 (processor, *model_type, token_count, template, tokenizer)
@@ -298,17 +313,9 @@ impl CandleLlava {
                 image_paths.len()
             )));
         }
-        let question: Vec<&str> = req.messages[0]
-            .content
-            .iter()
-            .filter_map(|p| match p {
-                ContentPart::Text { text } => Some(text.as_str()),
-                ContentPart::Image { .. } => None,
-            })
-            .collect();
         let (px, h, w) = checkpoint.preprocess(image_paths[0]).map_err(|e| bad(&e))?;
         let px = Tensor::from_vec(px, (1, 3, h, w), &self.model.device).map_err(|e| bad(&e))?;
-        let prompt = conversation::llava_v1_prompt(&question.join("\n"));
+        let prompt = conversation::llava_v1_prompt(&question(&req.messages));
         let per_image = self.model.config.image_features_per_image();
         let mut ids = Vec::new();
         for t in conversation::tokenizer_image_token(&prompt, tokenizer) {
@@ -322,20 +329,10 @@ impl CandleLlava {
 
     /// The prompt text before tokenization: the chat template rendered, or the `llava_v1`
     /// conversation for the original format.
-    pub fn rendered_prompt(&self, messages: &[vlsbench_plugin_api::ChatMessage]) -> Result<String, String> {
+    pub fn rendered_prompt(&self, messages: &[ChatMessage]) -> Result<String, String> {
         match &self.frontend {
             Frontend::Hf { template, .. } => template.render(messages).map_err(|e| e.to_string()),
-            Frontend::Original { .. } => {
-                let text: Vec<&str> = messages
-                    .iter()
-                    .flat_map(|m| &m.content)
-                    .filter_map(|p| match p {
-                        ContentPart::Text { text } => Some(text.as_str()),
-                        ContentPart::Image { .. } => None,
-                    })
-                    .collect();
-                Ok(conversation::llava_v1_prompt(&text.join("\n")))
-            }
+            Frontend::Original { .. } => Ok(conversation::llava_v1_prompt(&question(messages))),
         }
     }
 
