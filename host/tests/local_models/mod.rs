@@ -113,6 +113,11 @@ fn llava_next_answers_through_the_host_equal_transformers_greedy_answers() {
 }
 
 #[test]
+fn llava_next_in_the_old_on_disk_layout_answers_like_transformers() {
+    answers_equal_transformers("llava_next", "llava_next_old_layout", None);
+}
+
+#[test]
 fn original_format_llava_answers_through_the_host_equal_the_llava_code_bases() {
     let clip = fixtures().join("checkpoints/llava_original_clip");
     answers_equal_transformers("llava", "llava_original", Some(json!({"vision_tower": clip})));

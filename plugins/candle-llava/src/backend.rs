@@ -818,14 +818,19 @@ mod tests {
     /// (anyres token counts included) and the answer up to EOS.
     #[test]
     fn llava_next_prompts_ids_and_answers_match_goldens() {
+        for checkpoint in ["llava_next", "llava_next_old_layout"] {
+            llava_next_matches(checkpoint);
+        }
+    }
+
+    fn llava_next_matches(checkpoint: &str) {
         let fx = crate::test_util::fixtures();
-        let b = CandleLlava::create(backend_config("llava_next", "checkpoints/llava_next")).unwrap();
+        let b = CandleLlava::create(backend_config("llava_next", &format!("checkpoints/{checkpoint}"))).unwrap();
         assert_eq!(b.arch(), "llava_next");
-        let g: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(fx.join("golden/llava_next/golden.json")).unwrap()).unwrap();
+        let g = crate::test_util::golden(checkpoint);
         let cases = g["cases"].as_array().unwrap();
         assert_eq!(cases.len(), 21);
-        let mut table = String::from("image      prompt     image tokens  ids equal  answer equal\n");
+        let mut table = format!("{checkpoint}:\nimage      prompt     image tokens  ids equal  answer equal\n");
         let mut all_equal = true;
         for case in cases {
             let image = case["image"].as_str().unwrap();

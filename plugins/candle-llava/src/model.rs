@@ -936,22 +936,26 @@ mod tests {
         use crate::anyres;
         use crate::config::ModelConfig;
         let fx = crate::test_util::fixtures();
-        let dir = fx.join("checkpoints/llava_next");
-        let cfg = ModelConfig::from_dir(&dir).unwrap();
-        let proc = ProcessorConfig::from_dir(&dir).unwrap();
-        let model = Llava::load_next(&dir, cfg.llava, cfg.image_grid_pinpoints, DType::F32, &Device::Cpu).unwrap();
-        let g = golden("llava_next");
-        let cases = g["cases"].as_array().unwrap();
-        assert_eq!(cases.len(), 21);
-        let mut parity = Parity::new("llava_next");
-        for case in cases {
-            let px = anyres::preprocess(&fx.join(case["image"].as_str().unwrap()), &proc.image).unwrap();
-            let tiles = Tensor::from_vec(px.values, (px.num_patches, 3, px.height, px.width), &Device::Cpu).unwrap();
-            let feats = model.features_for(&[PixelInput::Anyres { tiles, image_size: px.image_size }]).unwrap();
-            let (logits, tokens) =
-                model.greedy_from_features(&ids(case, "input_ids"), feats.as_ref(), 24, &[]).unwrap();
-            parity.record(case, &logits.to_vec1::<f32>().unwrap(), &tokens);
+        // The old layout stores bf16 weights; both run in f32 like the reference run.
+        for checkpoint in ["llava_next", "llava_next_old_layout"] {
+            let dir = fx.join("checkpoints").join(checkpoint);
+            let cfg = ModelConfig::from_dir(&dir).unwrap();
+            let proc = ProcessorConfig::from_dir(&dir).unwrap();
+            let model = Llava::load_next(&dir, cfg.llava, cfg.image_grid_pinpoints, DType::F32, &Device::Cpu).unwrap();
+            let g = golden(checkpoint);
+            let cases = g["cases"].as_array().unwrap();
+            assert_eq!(cases.len(), 21);
+            let mut parity = Parity::new(checkpoint);
+            for case in cases {
+                let px = anyres::preprocess(&fx.join(case["image"].as_str().unwrap()), &proc.image).unwrap();
+                let tiles =
+                    Tensor::from_vec(px.values, (px.num_patches, 3, px.height, px.width), &Device::Cpu).unwrap();
+                let feats = model.features_for(&[PixelInput::Anyres { tiles, image_size: px.image_size }]).unwrap();
+                let (logits, tokens) =
+                    model.greedy_from_features(&ids(case, "input_ids"), feats.as_ref(), 24, &[]).unwrap();
+                parity.record(case, &logits.to_vec1::<f32>().unwrap(), &tokens);
+            }
+            parity.check();
         }
-        parity.check();
     }
 }
