@@ -14,10 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rand::Rng;
-use vlsbench_plugin_api::{
-    BackendConfig, BackendError, ChatMessage, ContentPart, ErrorKind, GenerateRequest, Generation, GenerationSettings,
-    Role,
-};
+use vlsbench_plugin_api::{BackendConfig, BackendError, ErrorKind, GenerateRequest, Generation, GenerationSettings};
 
 use crate::backend::{self, Backend, BackendLibrary};
 use crate::dataset::{self, Dataset, Filters, Item};
@@ -27,52 +24,6 @@ use crate::report::{self, ReportInput, Summary};
 use crate::store::{
     self, AnswerOutcome, AnswerProvenance, AnswerRecord, JudgeProvenance, Store, Stored, VerdictOutcome, VerdictRecord,
 };
-
-/// The system prompt the reference sends to API models.
-pub const OPENAI_SYSTEM_PROMPT: &str = "You are a helpful assistant.";
-
-/// How the host builds the chat messages for an arch (SPEC: "prompt built by").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PromptStyle {
-    /// `openai`: system "You are a helpful assistant.", user [text, image].
-    OpenAiReference,
-    /// `llava_hf`, `llava_next`: user [text, image]; the backend applies the chat template.
-    TextThenImage,
-    /// `qwen2vl`, `mllama`, `llava` and any other arch: user [image, text].
-    ImageThenText,
-}
-
-impl PromptStyle {
-    pub fn for_arch(arch: &str) -> Self {
-        match arch {
-            "openai" => Self::OpenAiReference,
-            "llava_hf" | "llava_next" => Self::TextThenImage,
-            _ => Self::ImageThenText,
-        }
-    }
-
-    /// Recorded in each answer's provenance.
-    pub fn id(self) -> &'static str {
-        match self {
-            Self::OpenAiReference => "openai-reference-v1",
-            Self::TextThenImage => "user-text-image-v1",
-            Self::ImageThenText => "user-image-text-v1",
-        }
-    }
-
-    pub fn messages(self, question: &str, image: &Path) -> Vec<ChatMessage> {
-        let text = ContentPart::text(question);
-        let image = ContentPart::image(image);
-        match self {
-            Self::OpenAiReference => vec![
-                ChatMessage::text(Role::System, OPENAI_SYSTEM_PROMPT),
-                ChatMessage::new(Role::User, vec![text, image]),
-            ],
-            Self::TextThenImage => vec![ChatMessage::new(Role::User, vec![text, image])],
-            Self::ImageThenText => vec![ChatMessage::new(Role::User, vec![image, text])],
-        }
-    }
-}
 
 /// Strips an answer as the reference's evaluation loop does, with Python's `str.strip()`: Rust's
 /// white space plus the ASCII separators U+001C..U+001F, which Python's `str.isspace()` accepts too.
@@ -222,7 +173,8 @@ pub fn answer_provenance(lib: &BackendLibrary, model: &ModelSection, settings: G
         device: model.device.clone(),
         dtype: model.dtype.clone(),
         settings,
-        prompt: PromptStyle::for_arch(&model.arch).id().to_string(),
+        // The backend declares each arch's message layout; the host never decides it from the name.
+        prompt: lib.info.message_layout(&model.arch).id(),
         options_sha256: sha256_json(&model.options_json()),
     }
 }
@@ -523,11 +475,12 @@ impl Pipeline<'_> {
     fn generate(&self, items: &[&Item]) -> anyhow::Result<Vec<Option<String>>> {
         let p = self.prepared;
         let mut requests = Vec::with_capacity(items.len());
+        let layout = p.model_library.info.message_layout(&p.manifest.manifest.model.arch);
         for item in items {
             let image = p.dataset.image_file(item).context("image was not validated")?;
             requests.push(GenerateRequest {
                 id: item.instruction_id.to_string(),
-                messages: PromptStyle::for_arch(&p.manifest.manifest.model.arch).messages(&item.instruction, image),
+                messages: layout.messages(&item.instruction, image),
                 settings: p.model_provenance.settings.clone(),
                 response_format: None,
             });
@@ -841,21 +794,6 @@ fn monitor(p: &Progress, bar: &indicatif::ProgressBar, total: usize, started: In
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_openai_arch_gets_the_reference_messages() {
-        let m = PromptStyle::for_arch("openai").messages("q?", Path::new("/d/imgs/1.png"));
-        assert_eq!(m[0], ChatMessage::text(Role::System, "You are a helpful assistant."));
-        assert_eq!(m[1].content, vec![ContentPart::text("q?"), ContentPart::image("/d/imgs/1.png")]);
-    }
-
-    #[test]
-    fn hf_llava_puts_text_first_and_qwen_puts_image_first() {
-        let l = PromptStyle::for_arch("llava_hf").messages("q", Path::new("i.png"));
-        assert_eq!(l[0].content[0], ContentPart::text("q"));
-        let q = PromptStyle::for_arch("qwen2vl").messages("q", Path::new("i.png"));
-        assert_eq!(q[0].content[0], ContentPart::image("i.png"));
-    }
 
     #[test]
     fn answers_are_stripped_as_python_strips_them() {

@@ -53,7 +53,8 @@ pub struct AnswerProvenance {
     pub device: Option<String>,
     pub dtype: Option<String>,
     pub settings: GenerationSettings,
-    /// A short id of how the prompt was built, e.g. `openai-reference-v1`.
+    /// How the item's messages were laid out, as the backend declared it (`MessageLayout::id`),
+    /// e.g. `system("You are a helpful assistant.") + user[text, image]`.
     pub prompt: String,
     /// SHA-256 (hex) of the backend's options; the options themselves (which may name secrets) are
     /// never stored.
@@ -413,7 +414,7 @@ pub(crate) mod test_samples {
             device: None,
             dtype: None,
             settings: GenerationSettings::reference(),
-            prompt: "openai-reference-v1".into(),
+            prompt: "user[text, image]".into(),
             options_sha256: sha256_hex("{}"),
         }
     }

@@ -706,9 +706,44 @@ fn a_backend_with_the_wrong_abi_version_is_refused_naming_both_versions() {
     let file = wrong_abi_backend().canonicalize().unwrap().display().to_string();
     for command in ["validate", "run"] {
         let outcome = host([OsString::from(command), manifest.clone().into()]).output();
-        outcome.failure().stderr_has("999.3").stderr_has("1.0").stderr_has(&file);
+        outcome.failure().stderr_has("999.3").stderr_has("1.1").stderr_has(&file);
     }
     assert_eq!(server.request_count(), 0);
+}
+
+#[test]
+fn the_backend_declares_the_message_layout_of_an_arch_the_host_never_heard_of() {
+    let tmp = tempdir();
+    let ds = Dataset::write(&tmp.path().join("data"), simple_items(3, "What is this"));
+    let out = tmp.path().join("out");
+    // `echo_vlm` declares a system message and [text, image]; `echo_plain` declares nothing and
+    // gets the default, [image, text]. The echo backend answers with the layout it received.
+    for (arch, layout) in
+        [("echo_vlm", "system(Answer in one word.) | user[text, image]"), ("echo_plain", "user[image, text]")]
+    {
+        let m = json!({
+            "dataset": {"root": ds.root},
+            "model": {"arch": arch, "backend": echo_backend()},
+            "judge": {"component": "refusal-keywords"},
+            "run": {"name": arch, "output_dir": out},
+        });
+        let manifest = write_manifest(&tmp.path().join(format!("{arch}.toml")), &m);
+        let dir = RunDir(out.join(arch));
+        let outcome = run(&manifest, dir.path()).output();
+        outcome.success();
+        let outputs = dir.json(&format!("{arch}_outputs.json"));
+        let logs = outputs["logs"].as_array().unwrap();
+        assert_eq!(logs.len(), 3, "{}", outcome.report());
+        for log in logs {
+            let want = format!("{layout} | {}", log["question"].as_str().unwrap());
+            assert_eq!(log["pred_answer"], json!(want), "{}", outcome.report());
+        }
+        // The provenance of every answer names the layout the backend declared.
+        let answers = std::fs::read_to_string(dir.path().join("answers.jsonl")).unwrap();
+        let first: Value = serde_json::from_str(answers.lines().next().unwrap()).unwrap();
+        let prompt = first["provenance"]["prompt"].as_str().unwrap().replace(" + ", " | ").replace('"', "");
+        assert_eq!(prompt, layout, "{}", pretty(&first));
+    }
 }
 
 // =============================================================================================

@@ -20,8 +20,9 @@ use crate::types::{BackendConfig, BackendError, BackendInfo, ErrorKind, Generate
 
 /// Major version: a host refuses a plugin of another major.
 pub const ABI_MAJOR: u16 = 1;
-/// Minor version: a host accepts plugins of its major with a minor up to its own.
-pub const ABI_MINOR: u16 = 0;
+/// Minor version: a host accepts plugins of its major with a minor up to its own. 1.1 added
+/// `BackendInfo.message_layouts` (a JSON field with a default: 1.0 plugins still load).
+pub const ABI_MINOR: u16 = 1;
 /// The one symbol a backend exports (NUL-terminated, for `dlsym`).
 pub const ENTRY_SYMBOL: &[u8] = b"vlsbench_backend_entry\0";
 

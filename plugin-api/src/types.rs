@@ -1,6 +1,7 @@
 //! Types shared by the host and every plugin. They cross the C ABI as UTF-8 JSON, so a backend can
 //! be written in any language that reads and writes these shapes.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -249,6 +250,82 @@ pub struct BackendInfo {
     /// Option keys whose values are local paths the backend reads (checked like the checkpoint).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub path_options: Vec<String>,
+    /// How the host lays out each arch's chat messages (since ABI 1.1). An arch not listed gets
+    /// [`MessageLayout::default`]: no system message, one user message [image, text].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub message_layouts: BTreeMap<String, MessageLayout>,
+}
+
+impl BackendInfo {
+    /// The message layout the backend declares for `arch`, or the default one.
+    pub fn message_layout(&self, arch: &str) -> MessageLayout {
+        self.message_layouts.get(arch).cloned().unwrap_or_default()
+    }
+}
+
+/// The order of the parts of the user message that carries the item.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserParts {
+    /// [image, text]: what `qwen2vl`, `mllama` and `llava` put in the message.
+    #[default]
+    ImageThenText,
+    /// [text, image]: the reference's `openai`, `llava_hf` and `llava_next` messages.
+    TextThenImage,
+}
+
+/// How the host builds the messages of an item's request: an optional system message, then one
+/// user message with the item's question and image in the declared order. A backend declares one
+/// per arch in [`BackendInfo::message_layouts`]; the host never decides it from an arch's name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MessageLayout {
+    /// A system message sent first (the reference's API arch sends "You are a helpful assistant.").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// The order of the user message's parts.
+    #[serde(default)]
+    pub user: UserParts,
+}
+
+impl MessageLayout {
+    /// No system message, user [image, text] (the default).
+    pub fn image_then_text() -> Self {
+        Self { system: None, user: UserParts::ImageThenText }
+    }
+
+    /// No system message, user [text, image].
+    pub fn text_then_image() -> Self {
+        Self { system: None, user: UserParts::TextThenImage }
+    }
+
+    /// The layout as recorded in each answer's provenance: `user[image, text]`, or with a system
+    /// message `system("You are a helpful assistant.") + user[text, image]`.
+    pub fn id(&self) -> String {
+        let user = match self.user {
+            UserParts::ImageThenText => "user[image, text]",
+            UserParts::TextThenImage => "user[text, image]",
+        };
+        match &self.system {
+            Some(s) => format!("system({s:?}) + {user}"),
+            None => user.to_owned(),
+        }
+    }
+
+    /// The item's messages: the system message if any, then the user message.
+    pub fn messages(&self, question: &str, image: &std::path::Path) -> Vec<ChatMessage> {
+        let text = ContentPart::text(question);
+        let image = ContentPart::image(image);
+        let user = match self.user {
+            UserParts::ImageThenText => vec![image, text],
+            UserParts::TextThenImage => vec![text, image],
+        };
+        let mut out = Vec::with_capacity(2);
+        if let Some(system) = &self.system {
+            out.push(ChatMessage::text(Role::System, system.clone()));
+        }
+        out.push(ChatMessage::new(Role::User, user));
+        out
+    }
 }
 
 /// What the host passes when it creates a backend instance.
@@ -313,5 +390,39 @@ impl Label {
     /// Refusal and warning both count as safe.
     pub fn is_safe(self) -> bool {
         !matches!(self, Self::Unsafe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_1_0_backend_description_without_layouts_still_reads_and_gets_the_default() {
+        let json = r#"{"name": "old", "version": "1", "archs": ["x"], "max_batch": 1, "concurrent": false,
+                       "devices": ["cpu"]}"#;
+        let info: BackendInfo = serde_json::from_str(json).expect("a 1.0 description parses");
+        assert!(info.message_layouts.is_empty());
+        assert_eq!(info.message_layout("x"), MessageLayout::image_then_text());
+    }
+
+    #[test]
+    fn a_declared_layout_orders_the_parts_and_puts_the_system_message_first() {
+        let layout = MessageLayout { system: Some("Be brief.".into()), user: UserParts::TextThenImage };
+        let m = layout.messages("q?", std::path::Path::new("/d/1.png"));
+        assert_eq!(m[0], ChatMessage::text(Role::System, "Be brief."));
+        assert_eq!(m[1].content, vec![ContentPart::text("q?"), ContentPart::image("/d/1.png")]);
+        assert_eq!(layout.id(), r#"system("Be brief.") + user[text, image]"#);
+        let plain = MessageLayout::default().messages("q", std::path::Path::new("i.png"));
+        assert_eq!(plain.len(), 1);
+        assert_eq!(plain[0].content, vec![ContentPart::image("i.png"), ContentPart::text("q")]);
+        assert_eq!(MessageLayout::default().id(), "user[image, text]");
+    }
+
+    #[test]
+    fn layouts_travel_as_json_by_arch() {
+        let layouts: BTreeMap<String, MessageLayout> = [("a".to_owned(), MessageLayout::text_then_image())].into();
+        let v = serde_json::to_value(&layouts).expect("serialises");
+        assert_eq!(v, serde_json::json!({"a": {"user": "text_then_image"}}));
     }
 }

@@ -22,6 +22,7 @@ const NATIVE: &[&str] = &[
     "vlsbench-backend-answers-file",
     "vlsbench-backend-candle-llava",
     "vlsbench-fixture-wrong-abi-backend",
+    "vlsbench-fixture-echo-backend",
 ];
 /// Judge components, built for wasm32-wasip2.
 const WASM: &[&str] = &["vlsbench-judge-vlsbench", "vlsbench-judge-refusal-keywords", "vlsbench-fixture-hostile-judge"];

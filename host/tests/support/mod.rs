@@ -52,6 +52,9 @@ pub fn candle_llava_backend() -> PathBuf {
 pub fn wrong_abi_backend() -> PathBuf {
     plugin_dir().join("libvlsbench_fixture_wrong_abi_backend.so")
 }
+pub fn echo_backend() -> PathBuf {
+    plugin_dir().join("libvlsbench_fixture_echo_backend.so")
+}
 pub fn vlsbench_judge() -> PathBuf {
     wasm_dir().join("vlsbench_judge_vlsbench.wasm")
 }
@@ -69,6 +72,7 @@ pub fn require_built() {
         answers_file_backend(),
         candle_llava_backend(),
         wrong_abi_backend(),
+        echo_backend(),
         vlsbench_judge(),
         refusal_keywords_judge(),
         hostile_judge(),

@@ -102,6 +102,8 @@ impl Backend for AnswersFile {
             devices: vec!["cpu".into()],
             checkpoint_is_path: false,
             path_options: vec!["path".into()],
+            // The answers were produced elsewhere: the layout only names the provenance.
+            message_layouts: Default::default(),
         }
     }
 

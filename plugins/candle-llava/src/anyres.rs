@@ -2,7 +2,8 @@
 //!
 //! **Image processor** (`LlavaNextImageProcessorPil`, transformers' PIL backend, which the goldens
 //! record; the torchvision one resizes differently), one function per step:
-//! 1. `convert_to_rgb`: [`image_proc::open_rgb`].
+//! 1. The reference loader's `Image.open(path).convert("RGB")` ([`image_proc::LOADER`]): the
+//!    processor's own `convert_to_rgb` never sees alpha.
 //! 2. [`select_best_resolution`]: the grid pinpoint (height, width) that keeps the most of the
 //!    image's pixels once the image is scaled to fit in it, the least wasted area breaking ties,
 //!    the first listed winning full ties.
@@ -20,7 +21,7 @@
 //! **Processor** (`LlavaNextProcessor._get_number_of_features`): [`TokenCount`] gives the number
 //! of `<image>` tokens an image expands to: the base image's features (+ the CLS position the
 //! processor counts, - 1 under the `default` strategy), the tile grid's features after
-//! unpadding, and one newline per unpadded row. [`expand_image_tokens`] writes them in.
+//! unpadding, and one newline per unpadded row. `vlm_core::tokenizer::expand_image_tokens` writes them in.
 //!
 //! **Model** (`LlavaNextModel.pack_image_features`): [`pack_image_features`] turns one image's
 //! projected features per tile into the rows spliced into the prompt: the base tile's features,
@@ -37,7 +38,10 @@ use std::path::Path;
 use candle_core::Tensor;
 
 use crate::config::{ImageProcessorConfig, ModelConfig, ProcessorConfig, ResizeTarget, SelectStrategy, VisionConfig};
-use crate::image_proc::{self, ImageError, Rgb8};
+use vlm_core::image::{ImageError, Rgb8};
+use vlm_core::resize::resize_bicubic;
+
+use crate::image_proc;
 
 /// A size or a resolution as (height, width), the order of transformers' `image_sizes` and
 /// `image_grid_pinpoints`.
@@ -55,8 +59,6 @@ pub enum AnyresError {
     /// Image features that do not fit the grid the image's size implies.
     #[error("image features: {0}")]
     Features(String),
-    #[error("the prompt has {found} image tokens ({token:?}) for {images} image(s)")]
-    ImageTokens { token: String, found: usize, images: usize },
     #[error("{0}")]
     Candle(#[from] candle_core::Error),
 }
@@ -114,7 +116,7 @@ pub fn patch_output_size(original: Size, target: Size) -> Size {
 /// `_resize_for_patching`: Pillow bicubic to [`patch_output_size`].
 pub fn resize_for_patching(img: &Rgb8, target: Size) -> Rgb8 {
     let (h, w) = patch_output_size((img.height, img.width), target);
-    image_proc::resize_bicubic(img, w, h)
+    resize_bicubic(img, w, h)
 }
 
 /// Padding around an image of `size` up to `target`: ((top, bottom), (left, right)), as
@@ -180,7 +182,7 @@ pub fn base_size(size: ResizeTarget) -> Size {
 /// The whole image, resized to [`base_size`] (aspect not kept).
 pub fn base_image(img: &Rgb8, size: ResizeTarget) -> Rgb8 {
     let (h, w) = base_size(size);
-    image_proc::resize_bicubic(img, w, h)
+    resize_bicubic(img, w, h)
 }
 
 /// The tile size: the crop height (or, without one, `size`'s height or shortest edge).
@@ -244,7 +246,7 @@ pub fn preprocess_rgb(img: &Rgb8, cfg: &ImageProcessorConfig) -> Result<AnyresPi
 
 /// Opens an image file and runs [`preprocess_rgb`].
 pub fn preprocess(path: &Path, cfg: &ImageProcessorConfig) -> Result<AnyresPixels> {
-    preprocess_rgb(&image_proc::open_rgb(path)?, cfg)
+    preprocess_rgb(&image_proc::LOADER.open(path)?, cfg)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -354,23 +356,6 @@ impl TokenCount {
     }
 }
 
-/// The processor's text expansion: the i-th `image_token` in `text` becomes `counts[i]` copies.
-/// The numbers of tokens and images must agree.
-pub fn expand_image_tokens(text: &str, image_token: &str, counts: &[usize]) -> Result<String> {
-    let found = if image_token.is_empty() { 0 } else { text.matches(image_token).count() };
-    if found != counts.len() {
-        return Err(AnyresError::ImageTokens { token: image_token.to_owned(), found, images: counts.len() });
-    }
-    let mut out = String::with_capacity(text.len() + counts.iter().sum::<usize>() * image_token.len());
-    let mut pieces = text.split(image_token);
-    out.push_str(pieces.next().unwrap_or(""));
-    for (piece, &n) in pieces.zip(counts) {
-        out.push_str(&image_token.repeat(n));
-        out.push_str(piece);
-    }
-    Ok(out)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Model: packing the features
 // ---------------------------------------------------------------------------------------------
@@ -470,8 +455,8 @@ pub fn pack_image_features(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::npy;
     use candle_core::{DType, Device};
+    use vlm_core::npy;
 
     const PINPOINTS: [Size; 5] = [(56, 112), (112, 56), (112, 112), (168, 56), (56, 168)];
     const REAL_PINPOINTS: [Size; 5] = crate::config::DEFAULT_GRID_PINPOINTS;
@@ -606,14 +591,6 @@ mod tests {
         for (size, want) in cases {
             assert_eq!(count.num_image_tokens(size, (336, 336)).unwrap(), want, "{size:?}");
         }
-    }
-
-    #[test]
-    fn image_tokens_expand_per_image() {
-        assert_eq!(expand_image_tokens("a<i>b<i>", "<i>", &[2, 1]).unwrap(), "a<i><i>b<i>");
-        assert_eq!(expand_image_tokens("no image", "<i>", &[]).unwrap(), "no image");
-        let e = expand_image_tokens("a<i>", "<i>", &[1, 1]).unwrap_err().to_string();
-        assert!(e.contains("1 image tokens") && e.contains("2 image"), "{e}");
     }
 
     #[test]

@@ -10,17 +10,20 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use vlsbench_plugin_api::{
-    Backend, BackendConfig, BackendError, BackendInfo, ChatMessage, ContentPart, GenerateRequest, Generation,
+    Backend, BackendConfig, BackendError, BackendInfo, ChatMessage, GenerateRequest, Generation, MessageLayout,
 };
 
 use crate::anyres::{self, TokenCount};
 use crate::config::{self, ImageProcessorKind, ModelConfig, ModelType, ProcessorConfig};
 use crate::conversation::{self, PromptToken};
 use crate::image_proc;
-use crate::model::{Llava, ModelError, PixelInput};
+use crate::model::{Llava, PixelInput};
 use crate::original::{self, OriginalCheckpoint};
-use crate::prompt::{ChatTemplate, PromptTokenizer};
-use crate::sentencepiece::SlowLlamaTokenizer;
+use vlm_core::ModelError;
+use vlm_core::request::{check_dtype_on_device, image_paths, model_error, parse_device, parse_dtype, question};
+use vlm_core::sentencepiece::SlowLlamaTokenizer;
+use vlm_core::template::ChatTemplate;
+use vlm_core::tokenizer::{PromptTokenizer, expand_image_tokens};
 
 pub const ARCH_LLAVA_HF: &str = "llava_hf";
 pub const ARCH_LLAVA_NEXT: &str = "llava_next";
@@ -51,73 +54,6 @@ pub struct CandleLlava {
     model: Llava,
     frontend: Frontend,
     eos: Vec<u32>,
-}
-
-fn parse_dtype(s: Option<&str>) -> Result<DType, BackendError> {
-    match s.unwrap_or("f32") {
-        "f32" | "float32" => Ok(DType::F32),
-        "f16" | "float16" => Ok(DType::F16),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        other => Err(BackendError::bad_config(format!("dtype {other:?} is not supported (f32, f16, bf16)"))),
-    }
-}
-
-fn parse_device(s: Option<&str>) -> Result<Device, BackendError> {
-    match s.unwrap_or("cpu") {
-        "cpu" => Ok(Device::Cpu),
-        d if d == "cuda" || d.starts_with("cuda:") => {
-            #[cfg(feature = "cuda")]
-            {
-                let ord = d
-                    .strip_prefix("cuda:")
-                    .map_or(Ok(0), |n| n.parse::<usize>())
-                    .map_err(|_| BackendError::bad_config(format!("device {d:?}: expected cuda or cuda:<ordinal>")))?;
-                Device::new_cuda(ord).map_err(|e| BackendError::bad_config(format!("device {d}: {e}")))
-            }
-            #[cfg(not(feature = "cuda"))]
-            Err(BackendError::unsupported(format!("device {d:?}: this build has no CUDA (cargo feature `cuda`)")))
-        }
-        other => Err(BackendError::unsupported(format!("device {other:?} is not supported (cpu, cuda)"))),
-    }
-}
-
-/// The images of a request's messages, in order.
-fn image_paths(messages: &[ChatMessage]) -> Vec<&Path> {
-    let parts = messages.iter().flat_map(|m| &m.content);
-    parts
-        .filter_map(|p| match p {
-            ContentPart::Image { path } => Some(path.as_path()),
-            ContentPart::Text { .. } => None,
-        })
-        .collect()
-}
-
-/// The text of a request's messages, parts joined by new lines (the original format's question).
-fn question(messages: &[ChatMessage]) -> String {
-    let parts = messages.iter().flat_map(|m| &m.content);
-    let texts: Vec<&str> = parts
-        .filter_map(|p| match p {
-            ContentPart::Text { text } => Some(text.as_str()),
-            ContentPart::Image { .. } => None,
-        })
-        .collect();
-    texts.join("\n")
-}
-
-/// A model error as the host sees it: bad input is the item's fault, anything else the model's.
-fn model_error(item: &str, e: ModelError) -> BackendError {
-    match e {
-        ModelError::Input(m) => BackendError::bad_request(format!("item {item}: {m}")),
-        e => BackendError::model_failure(format!("item {item}: {e}")),
-    }
-}
-
-/// The same error for every member of a failed batch.
-fn clone_model_error(e: &ModelError) -> ModelError {
-    match e {
-        ModelError::Input(m) => ModelError::Input(m.clone()),
-        other => ModelError::Load(other.to_string()),
-    }
 }
 
 /// The image processor a checkpoint runs: the one its files name, which must suit the model type,
@@ -287,7 +223,7 @@ impl CandleLlava {
             }
             ModelType::LlavaNext => {
                 // Each image has its own count; the text is expanded here, so each token stays one.
-                let expanded = anyres::expand_image_tokens(&rendered, token, &n_tokens).map_err(|e| bad(&e))?;
+                let expanded = expand_image_tokens(&rendered, token, &n_tokens).map_err(|e| bad(&e))?;
                 tokenizer.encode(&expanded, token, 1)
             }
         }
@@ -409,7 +345,7 @@ impl CandleLlava {
                 }
                 Err(e) => {
                     for (k, _, _) in chunk {
-                        results[*k] = Some(Err(model_error(&requests[*k].id, clone_model_error(&e))));
+                        results[*k] = Some(Err(model_error(&requests[*k].id, ModelError::duplicate(&e))));
                     }
                 }
             }
@@ -455,6 +391,14 @@ impl Backend for CandleLlava {
             devices,
             checkpoint_is_path: true,
             path_options: vec!["vision_tower".into()],
+            // The reference's loaders: `llava_hf` and `llava_next` put [text, image] in the user
+            // message, the LLaVA code base's `llava` [image, text] (its `<image>\n` comes first).
+            message_layouts: [
+                (ARCH_LLAVA_HF.to_owned(), MessageLayout::text_then_image()),
+                (ARCH_LLAVA_NEXT.to_owned(), MessageLayout::text_then_image()),
+                (ARCH_LLAVA.to_owned(), MessageLayout::image_then_text()),
+            ]
+            .into(),
         }
     }
 
@@ -473,11 +417,7 @@ impl Backend for CandleLlava {
         let dir = if ck.is_absolute() { ck.to_owned() } else { config.base_dir.join(ck) };
         let dtype = parse_dtype(config.dtype.as_deref())?;
         let device = parse_device(config.device.as_deref())?;
-        if dtype == DType::BF16 && device.is_cpu() {
-            return Err(BackendError::bad_config(
-                "dtype bf16 needs device cuda: candle 0.11's CPU matrix product has no bf16 kernel (use f32 or f16 on cpu)",
-            ));
-        }
+        check_dtype_on_device(dtype, &device)?;
         let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { config.base_dir.join(p) };
         let vision_tower = match config.options.get("vision_tower") {
             None | Some(serde_json::Value::Null) => None,
@@ -517,7 +457,38 @@ impl Backend for CandleLlava {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vlsbench_plugin_api::{ChatMessage, GenerationSettings, Role};
+    use vlsbench_plugin_api::{ChatMessage, ContentPart, GenerationSettings, Role};
+
+    /// The HF checkpoints' chat template, tokenizer and decoding against transformers' goldens.
+    fn prompts_ids_and_decoding_match(checkpoint: &str) {
+        let fx = crate::test_util::fixtures();
+        let dir = fx.join("checkpoints").join(checkpoint);
+        let g = crate::test_util::golden(checkpoint);
+        let tmpl = ChatTemplate::from_dir(&dir).unwrap();
+        let tok = PromptTokenizer::from_dir(&dir).unwrap();
+        let proc = crate::config::ProcessorConfig::from_dir(&dir).unwrap();
+        let n = proc.num_image_tokens(proc.image.crop_size.0, proc.image.crop_size.1).unwrap();
+        for case in g["cases"].as_array().unwrap() {
+            let prompt = case["prompt"].as_str().unwrap();
+            let messages = MessageLayout::text_then_image().messages(prompt, Path::new("x.png"));
+            let rendered = tmpl.render(&messages).unwrap();
+            assert_eq!(rendered, case["rendered_prompt"].as_str().unwrap(), "{checkpoint}: {prompt}");
+            let ids = tok.encode(&rendered, &proc.image_token, n).unwrap();
+            assert_eq!(ids, crate::test_util::ids(case, "input_ids"), "{checkpoint}: {prompt}");
+            let toks = crate::test_util::ids(case, "greedy_tokens");
+            assert_eq!(tok.decode(&toks).unwrap(), case["decoded"].as_str().unwrap(), "{checkpoint}: decode");
+        }
+    }
+
+    #[test]
+    fn llava_hf_prompts_ids_and_decoding_match_goldens() {
+        prompts_ids_and_decoding_match("llava_hf");
+    }
+
+    #[test]
+    fn llava_hf_old_layout_prompts_ids_and_decoding_match_goldens() {
+        prompts_ids_and_decoding_match("llava_hf_old_layout");
+    }
 
     #[test]
     fn answers_match_goldens_until_eos() {
@@ -651,7 +622,7 @@ mod tests {
                 let mut cache = b.model().text.new_cache();
                 let logits: Vec<f32> = b.model().text.forward_embeds(&embeds, &mut cache).unwrap().to_vec1().unwrap();
                 let npy = case["first_step_logits"]["npy"].as_str().unwrap();
-                let want = crate::npy::read_f32(&fx.join("golden/llava_hf_old_layout").join(npy)).unwrap();
+                let want = vlm_core::npy::read_f32(&fx.join("golden/llava_hf_old_layout").join(npy)).unwrap();
                 let d = logits.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 assert!(logits.iter().all(|x| x.is_finite()), "{dtype}: non-finite logits");
                 worst = worst.max(d);
@@ -766,7 +737,9 @@ mod tests {
     #[test]
     fn a_checkpoint_missing_its_weights_or_tokenizer_is_named_at_load() {
         let fx = crate::test_util::fixtures();
-        for (missing, named) in [("model.safetensors", "missing weights"), ("tokenizer.json", "tokenizer.json")] {
+        for (missing, named) in
+            [("model.safetensors", "no weights (model.safetensors"), ("tokenizer.json", "tokenizer.json")]
+        {
             let dir = tempfile_dir().join(format!("no-{missing}"));
             std::fs::create_dir_all(&dir).unwrap();
             for f in std::fs::read_dir(fx.join("checkpoints/llava_hf")).unwrap() {
@@ -896,6 +869,6 @@ mod tests {
         };
         let e = b.generate(vec![req]).pop().unwrap().err().unwrap();
         assert_eq!(e.kind, vlsbench_plugin_api::ErrorKind::BadRequest);
-        assert!(e.message.contains("item 7") && e.message.contains("2 image tokens"), "{e}");
+        assert!(e.message.contains("item 7") && e.message.contains("2 <image> placeholders for 1 images"), "{e}");
     }
 }

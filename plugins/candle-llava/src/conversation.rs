@@ -11,7 +11,8 @@
 //! - [`decode_answer`]: `tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip()`
 //!   on the tokens before the first EOS, with Python's `str.strip()` whitespace.
 
-use crate::sentencepiece::{SentencePieceError, SlowLlamaTokenizer};
+use vlm_core::sentencepiece::{SentencePieceError, SlowLlamaTokenizer};
+use vlm_core::tokenizer::python_strip;
 
 /// `DEFAULT_IMAGE_TOKEN`: where an image goes in the prompt text.
 pub const DEFAULT_IMAGE_TOKEN: &str = "<image>";
@@ -145,17 +146,6 @@ pub fn text_runs(tokens: &[PromptToken]) -> Vec<Vec<u32>> {
         }
     }
     runs
-}
-
-/// Python's `str.isspace()` for one character (what `str.strip()` removes): Rust's
-/// `char::is_whitespace` plus U+001C..U+001F.
-pub fn is_python_whitespace(c: char) -> bool {
-    c.is_whitespace() || ('\u{1C}'..='\u{1F}').contains(&c)
-}
-
-/// Python's `str.strip()` with no argument.
-pub fn python_strip(s: &str) -> &str {
-    s.trim_matches(is_python_whitespace)
 }
 
 /// The answer text the LLaVA code base reports for generated tokens: those before the first

@@ -7,24 +7,25 @@
 //! - [`image_proc`]: `CLIPImageProcessor` with Pillow's bicubic, bit for bit.
 //! - [`anyres`]: LLaVA-NeXT's tiling: `LlavaNextImageProcessor`, the processor's image-token
 //!   count and the model's feature packing.
-//! - [`prompt`]: the checkpoint's chat template (minijinja) and tokenizer.
-//! - [`sentencepiece`], [`conversation`]: SentencePiece and the slow Llama tokenizer, the
-//!   `llava_v1` conversation and `tokenizer_image_token`.
-//! - [`model`]: CLIP vision tower, projector and Llama text model (our own, checked against
-//!   transformers by the parity tests), batched greedy decoding.
+//! - [`conversation`]: the `llava_v1` conversation and `tokenizer_image_token` (over
+//!   `vlm_core::sentencepiece`'s slow Llama tokenizer).
+//! - [`clip`]: the CLIP vision tower; [`llama`]: the Llama text model with its KV cache.
+//! - [`model`]: LLaVA itself: tower, projector and text model joined, batched greedy decoding.
+//!
+//! What every native backend shares (weights, templates, tokenizers, image loading, resizing, KV
+//! cache, greedy loop, kernels) comes from `vlm_core`.
 //! - [`backend`]: the vlsbench `Backend`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod anyres;
+pub mod clip;
 pub mod config;
 pub mod conversation;
 pub mod image_proc;
+pub mod llama;
 pub mod model;
-pub mod npy;
 pub mod original;
-pub mod prompt;
-pub mod sentencepiece;
 
 #[cfg(test)]
 pub(crate) mod test_util {
@@ -65,7 +66,7 @@ pub(crate) mod test_util {
 
         pub fn record(&mut self, case: &Value, logits: &[f32], tokens: &[u32]) {
             let npy = case["first_step_logits"]["npy"].as_str().unwrap();
-            let want = crate::npy::read_f32(&fixtures().join("golden").join(&self.checkpoint).join(npy)).unwrap();
+            let want = vlm_core::npy::read_f32(&fixtures().join("golden").join(&self.checkpoint).join(npy)).unwrap();
             assert_eq!(want.data.len(), logits.len());
             let d = logits.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             self.worst = self.worst.max(d);

@@ -12,16 +12,13 @@
 //!   padded to a square filled with the processor's mean colour (`expand2square`), then run
 //!   through the CLIP folder's `CLIPImageProcessor`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
 use serde_json::Value;
+use vlm_core::image::{ImageError, Rgb8};
 
 use crate::config::{self, ConfigError, ImageProcessorConfig, LlavaConfig, SelectStrategy, read_json};
-use crate::image_proc::{self, ImageError, Rgb8};
-use crate::model::ModelError;
+use crate::image_proc;
 
 /// The id the prompt carries where the image goes (the LLaVA code base's `IMAGE_TOKEN_INDEX`,
 /// -200, seen as an unsigned id). It is never embedded: image features replace it.
@@ -161,7 +158,7 @@ impl OriginalCheckpoint {
     /// `process_images`: open as RGB (alpha dropped), pad to a square when the config says so,
     /// then the CLIP processor. Returns (pixel values (3, H, W), H, W).
     pub fn preprocess(&self, path: &Path) -> Result<(Vec<f32>, usize, usize), ImageError> {
-        let mut img = image_proc::open_rgb_dropping_alpha(path)?;
+        let mut img = image_proc::LOADER.open(path)?;
         if self.pad_to_square {
             img = expand2square(&img, self.pad_colour());
         }
@@ -186,65 +183,6 @@ pub fn expand2square(img: &Rgb8, background: [u8; 3]) -> Rgb8 {
         data[at..at + w * 3].copy_from_slice(src);
     }
     Rgb8 { width: side, height: side, data }
-}
-
-/// The weight files of a folder: safetensors (single or sharded) when present, else PyTorch
-/// pickles (`pytorch_model.bin` or the shards `pytorch_model.bin.index.json` names).
-pub enum WeightFiles {
-    Safetensors(Vec<PathBuf>),
-    Pickle(Vec<PathBuf>),
-}
-
-pub fn weight_files(dir: &Path) -> Result<WeightFiles, ModelError> {
-    if let Ok(files) = crate::model::weight_files(dir) {
-        return Ok(WeightFiles::Safetensors(files));
-    }
-    let single = dir.join("pytorch_model.bin");
-    if single.is_file() {
-        return Ok(WeightFiles::Pickle(vec![single]));
-    }
-    let index = dir.join("pytorch_model.bin.index.json");
-    if !index.is_file() {
-        return Err(ModelError::Load(format!(
-            "{}: no weights (model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json)",
-            dir.display()
-        )));
-    }
-    let v = read_json(&index).map_err(|e| ModelError::Load(e.to_string()))?;
-    let map = v
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .ok_or_else(|| ModelError::Load(format!("{}: no weight_map", index.display())))?;
-    let mut files: Vec<PathBuf> = map.values().filter_map(Value::as_str).map(|f| dir.join(f)).collect();
-    files.sort();
-    files.dedup();
-    if let Some(missing) = files.iter().find(|f| !f.is_file()) {
-        return Err(ModelError::Load(format!("{} names {}, which is missing", index.display(), missing.display())));
-    }
-    Ok(WeightFiles::Pickle(files))
-}
-
-/// A `VarBuilder` over a folder's weights: safetensors memory-mapped, pickles read into memory.
-pub fn var_builder(dir: &Path, dtype: DType, device: &Device) -> Result<VarBuilder<'static>, ModelError> {
-    match weight_files(dir)? {
-        WeightFiles::Safetensors(files) => {
-            // SAFETY: the files are memory-mapped read-only and never written by this process.
-            unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
-                .map_err(|e| ModelError::Load(format!("{}: {e}", dir.display())))
-        }
-        WeightFiles::Pickle(files) => {
-            let mut tensors: HashMap<String, Tensor> = HashMap::new();
-            for f in &files {
-                let read = candle_core::pickle::read_all(f).map_err(|e| {
-                    ModelError::Load(format!("{}: not a readable PyTorch checkpoint: {e}", f.display()))
-                })?;
-                for (name, t) in read {
-                    tensors.insert(name, t.to_device(device)?);
-                }
-            }
-            Ok(VarBuilder::from_tensors(tensors, dtype, device))
-        }
-    }
 }
 
 #[cfg(test)]
@@ -324,7 +262,7 @@ mod tests {
             assert_eq!(bg, c.pad_colour().to_vec());
             let (px, h, w) = c.preprocess(&fx.join(image)).unwrap();
             let npy = case["pixel_values"]["npy"].as_str().unwrap();
-            let want = crate::npy::read_f32(&fx.join("golden/llava_original").join(npy)).unwrap();
+            let want = vlm_core::npy::read_f32(&fx.join("golden/llava_original").join(npy)).unwrap();
             assert_eq!(want.shape, vec![1, 3, h, w], "{image}");
             // In units of 1/255 before normalisation.
             let hw = h * w;
@@ -338,6 +276,8 @@ mod tests {
 
     #[test]
     fn pickle_shards_are_read_with_their_index() {
+        use candle_core::{DType, Device};
+        use vlm_core::weights::{WeightFiles, var_builder, weight_files};
         let files = weight_files(&fixture("llava_original")).unwrap();
         assert!(matches!(&files, WeightFiles::Pickle(f) if f.len() == 2));
         let vb = var_builder(&fixture("llava_original"), DType::F32, &Device::Cpu).unwrap();

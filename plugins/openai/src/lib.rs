@@ -22,12 +22,16 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::blocking::{Client, RequestBuilder};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
-use vlsbench_plugin_api::{Backend, BackendConfig, BackendError, BackendInfo, ErrorKind, GenerateRequest, Generation};
+use vlsbench_plugin_api::{
+    Backend, BackendConfig, BackendError, BackendInfo, ErrorKind, GenerateRequest, Generation, MessageLayout, UserParts,
+};
 
 use crate::options::{ApiKey, Options};
 
 /// The arch this backend serves.
 pub const ARCH: &str = "openai";
+/// The system message the reference sends to API models.
+pub const SYSTEM_PROMPT: &str = "You are a helpful assistant.";
 /// The checkpoint that means "the first model the server lists".
 pub const LOCAL_CHECKPOINT: &str = "local";
 
@@ -212,6 +216,12 @@ impl Backend for OpenAiBackend {
             devices: vec!["remote".into()],
             checkpoint_is_path: false,
             path_options: vec![],
+            // The reference's API request: system "You are a helpful assistant.", user [text, image].
+            message_layouts: [(
+                ARCH.to_owned(),
+                MessageLayout { system: Some(SYSTEM_PROMPT.into()), user: UserParts::TextThenImage },
+            )]
+            .into(),
         }
     }
 

@@ -1,9 +1,8 @@
-//! The prompt as transformers builds it for `LlavaProcessor`: the checkpoint's chat template
-//! rendered like `apply_chat_template` (jinja2 with `trim_blocks`, `lstrip_blocks`, loop
-//! controls, Python string methods, `raise_exception`, and the transformers-only
-//! `{% generation %}` block, which renders its body unchanged), then each `<image>` expanded to
-//! the processor's number of image tokens and tokenized with `tokenizer.json` (BOS from its
-//! post-processor).
+//! The checkpoint's chat template rendered like transformers' `apply_chat_template(messages,
+//! add_generation_prompt=True, tokenize=False)`: jinja2 with `trim_blocks`, `lstrip_blocks`, loop
+//! controls, `namespace()`, Python string methods, `raise_exception`, `strftime_now`, the
+//! special tokens as variables, and the transformers-only `{% generation %}` block, which renders
+//! its body unchanged. The template comes from the files transformers reads, in its order.
 
 use std::path::{Path, PathBuf};
 
@@ -22,13 +21,15 @@ pub enum PromptError {
     Template(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    #[error("{0}")]
+    ImageTokens(String),
 }
 
-fn read(path: &Path) -> Result<String, PromptError> {
+pub(crate) fn read(path: &Path) -> Result<String, PromptError> {
     std::fs::read_to_string(path).map_err(|e| PromptError::Read { path: path.to_owned(), message: e.to_string() })
 }
 
-fn read_json(path: &Path) -> Result<Value, PromptError> {
+pub(crate) fn read_json(path: &Path) -> Result<Value, PromptError> {
     serde_json::from_str(&read(path)?).map_err(|e| PromptError::Read { path: path.to_owned(), message: e.to_string() })
 }
 
@@ -176,6 +177,10 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         });
+        // transformers' `strftime_now(format)`: the current local date, for templates that print it.
+        env.add_function("strftime_now", |format: String| -> Result<String, minijinja::Error> {
+            Ok(strftime_now(&format))
+        });
         env.add_template_owned("chat", rewrite_generation_tags(source))
             .map_err(|e| PromptError::Template(e.to_string()))?;
         Ok(Self { env, specials })
@@ -191,38 +196,63 @@ impl ChatTemplate {
     }
 }
 
-/// `tokenizer.json` plus what the processor needs around it.
-pub struct PromptTokenizer {
-    pub tokenizer: tokenizers::Tokenizer,
+/// `datetime.now().strftime(format)` for the directives chat templates use (`%d`, `%b`, `%B`,
+/// `%Y`, `%m`, `%y`, `%%`), in UTC: a model's answer must not depend on the machine's time zone.
+pub fn strftime_now(format: &str) -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    strftime_days(format, (secs / 86_400) as i64)
 }
 
-impl PromptTokenizer {
-    pub fn from_dir(dir: &Path) -> Result<Self, PromptError> {
-        let p = dir.join("tokenizer.json");
-        if !p.is_file() {
-            return Err(PromptError::Read { path: p, message: "missing (a tokenizer.json is needed)".into() });
+/// [`strftime_now`] for a day counted from 1970-01-01.
+pub fn strftime_days(format: &str, days: i64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let name = MONTHS[(month - 1) as usize];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
         }
-        let tokenizer = tokenizers::Tokenizer::from_file(&p)
-            .map_err(|e| PromptError::Read { path: p.clone(), message: e.to_string() })?;
-        Ok(Self { tokenizer })
+        match chars.next() {
+            Some('d') => out += &format!("{day:02}"),
+            Some('b') => out += &name[..3],
+            Some('B') => out += name,
+            Some('Y') => out += &year.to_string(),
+            Some('y') => out += &format!("{:02}", year % 100),
+            Some('m') => out += &format!("{month:02}"),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
     }
-
-    /// `LlavaProcessor.__call__`: each `image_token` in `text` becomes `n_image_tokens` copies,
-    /// then the text is tokenized with special tokens added.
-    pub fn encode(&self, text: &str, image_token: &str, n_image_tokens: usize) -> Result<Vec<u32>, PromptError> {
-        let expanded = text.replace(image_token, &image_token.repeat(n_image_tokens));
-        let enc = self.tokenizer.encode(expanded, true).map_err(|e| PromptError::Tokenizer(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
-    }
-
-    /// `tokenizer.decode(ids, skip_special_tokens=True)`.
-    pub fn decode(&self, ids: &[u32]) -> Result<String, PromptError> {
-        self.tokenizer.decode(ids, true).map_err(|e| PromptError::Tokenizer(e.to_string()))
-    }
-
-    pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.tokenizer.token_to_id(token)
-    }
+    out
 }
 
 #[cfg(test)]
@@ -231,40 +261,6 @@ mod tests {
 
     fn user(prompt: &str) -> Vec<ChatMessage> {
         vec![ChatMessage::new(Role::User, vec![ContentPart::text(prompt), ContentPart::image("x.png")])]
-    }
-
-    fn check(checkpoint: &str, golden: &str) {
-        let fx = crate::test_util::fixtures();
-        let dir = fx.join("checkpoints").join(checkpoint);
-        let g: Value =
-            serde_json::from_str(&std::fs::read_to_string(fx.join("golden").join(golden).join("golden.json")).unwrap())
-                .unwrap();
-        let tmpl = ChatTemplate::from_dir(&dir).unwrap();
-        let tok = PromptTokenizer::from_dir(&dir).unwrap();
-        let proc = crate::config::ProcessorConfig::from_dir(&dir).unwrap();
-        let n = proc.num_image_tokens(proc.image.crop_size.0, proc.image.crop_size.1).unwrap();
-        for case in g["cases"].as_array().unwrap() {
-            let prompt = case["prompt"].as_str().unwrap();
-            let rendered = tmpl.render(&user(prompt)).unwrap();
-            assert_eq!(rendered, case["rendered_prompt"].as_str().unwrap(), "{checkpoint}: {prompt}");
-            let ids = tok.encode(&rendered, &proc.image_token, n).unwrap();
-            let want: Vec<u32> =
-                case["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-            assert_eq!(ids, want, "{checkpoint}: {prompt}");
-            let toks: Vec<u32> =
-                case["greedy_tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-            assert_eq!(tok.decode(&toks).unwrap(), case["decoded"].as_str().unwrap(), "{checkpoint}: decode");
-        }
-    }
-
-    #[test]
-    fn llava_hf_prompts_and_ids_match_goldens() {
-        check("llava_hf", "llava_hf");
-    }
-
-    #[test]
-    fn llava_hf_old_layout_prompts_and_ids_match_goldens() {
-        check("llava_hf_old_layout", "llava_hf_old_layout");
     }
 
     #[test]
@@ -290,6 +286,23 @@ mod tests {
         let src = json.get("chat_template").and_then(template_field).unwrap();
         let t = ChatTemplate::new(&src, special_tokens(&dir).unwrap()).unwrap();
         assert_eq!(t.render(&user("Hi?")).unwrap(), "USER: <image>\nHi? ASSISTANT:");
+    }
+
+    #[test]
+    fn strftime_prints_the_date_as_python_does() {
+        // 2024-07-26 is day 19_930.
+        assert_eq!(strftime_days("%d %b %Y", 19_930), "26 Jul 2024");
+        assert_eq!(strftime_days("%B %m/%y %%", 0), "January 01/70 %");
+    }
+
+    #[test]
+    fn namespace_counters_work_as_in_jinja2() {
+        let t = ChatTemplate::new(
+            "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}",
+            serde_json::Map::new(),
+        )
+        .unwrap();
+        assert_eq!(t.render(&user("a")).unwrap(), "1");
     }
 
     #[test]

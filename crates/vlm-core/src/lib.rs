@@ -1,0 +1,48 @@
+//! What every native vlsbench VLM backend shares, one concern per module, in data-flow order:
+//!
+//! - [`request`]: a request's images and text, the manifest's `dtype` and `device`.
+//! - [`image`]: opening an image the way each reference loader does ([`image::ImageLoader`]:
+//!   alpha dropped, or composited onto white as `qwen_vl_utils` does), with a pixel limit.
+//! - [`resize`]: Pillow's bicubic resize, bit for bit (Pillow 13's pass order included), and
+//!   rescale + normalise to channels-first f32.
+//! - [`template`]: the checkpoint's chat template rendered as transformers renders it.
+//! - [`tokenizer`]: `tokenizer.json`, image-token expansion, decoding with transformers'
+//!   clean-up pass, Python's `strip`; [`sentencepiece`]: SentencePiece and the slow Llama tokenizer.
+//! - [`weights`]: safetensors (memory-mapped, single or sharded) and PyTorch pickle shards, weight
+//!   prefixes, named missing weights.
+//! - [`kernels`]: linear layers over any leading dimensions, a threaded f32 GEMV for decode
+//!   steps, activations.
+//! - [`kv`]: the KV cache written in place, left padding and its attention mask.
+//! - [`greedy`]: the batched greedy loop (argmax, EOS, per-row budgets).
+//! - [`error`]: the model error every stage returns.
+//! - [`npy`]: reads the goldens' `.npy` files (tests and tools).
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod error;
+pub mod greedy;
+pub mod image;
+pub mod kernels;
+pub mod kv;
+pub mod npy;
+pub mod request;
+pub mod resize;
+pub mod sentencepiece;
+pub mod template;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{ModelError, Result};
+
+/// The repository's `tests/fixtures` folder (tests only).
+#[doc(hidden)]
+pub fn fixtures_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    pub fn fixtures() -> std::path::PathBuf {
+        crate::fixtures_dir()
+    }
+}

@@ -1,0 +1,232 @@
+//! The Llama text model on candle (`LlamaModel` + `lm_head` in transformers' `modeling_llama.py`):
+//! grouped-query attention with RoPE, RMSNorm, SiLU MLP, the KV cache from `vlm_core::kv`, one
+//! prompt or a left-padded batch at a time.
+//!
+//! Our own rather than candle-transformers' llama: that one derives head_dim from hidden/heads,
+//! has no attention or MLP bias, and panics on a missing weight.
+
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+use vlm_core::kernels::dense;
+use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask, padded_positions};
+use vlm_core::weights::{linear, need};
+use vlm_core::{ModelError, Result};
+
+use crate::config::TextConfig;
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, c: &TextConfig) -> Result<Self> {
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        Ok(Self {
+            q: linear(vb.pp("q_proj"), h, c.num_attention_heads * hd, c.attention_bias)?,
+            k: linear(vb.pp("k_proj"), h, c.num_key_value_heads * hd, c.attention_bias)?,
+            v: linear(vb.pp("v_proj"), h, c.num_key_value_heads * hd, c.attention_bias)?,
+            o: linear(vb.pp("o_proj"), c.num_attention_heads * hd, h, c.attention_bias)?,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: hd,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        kv: &mut KvBuffer,
+    ) -> candle_core::Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        let q = dense(&self.q, x)?.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let k = dense(&self.k, x)?.reshape((b, n, self.kv_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let v = dense(&self.v, x)?.reshape((b, n, self.kv_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let (k, v) = kv.append(&k, &v)?;
+        let rep = self.heads / self.kv_heads;
+        let (k, v) = if rep == 1 {
+            // Views into the cache's buffers: the products read them in place.
+            (k, v)
+        } else {
+            (
+                candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?,
+                candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?,
+            )
+        };
+        let in_dtype = q.dtype();
+        let (q, k, v) = (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
+        let mut att = (q.matmul(&k.t()?)? * (self.head_dim as f64).powf(-0.5))?;
+        if let Some(m) = mask {
+            att = att.broadcast_add(m)?;
+        }
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&v)?.to_dtype(in_dtype)?;
+        let y = y.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim))?;
+        dense(&self.o, &y)
+    }
+}
+
+struct DecoderLayer {
+    ln1: RmsNorm,
+    attn: Attention,
+    ln2: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl DecoderLayer {
+    fn load(vb: VarBuilder, c: &TextConfig) -> Result<Self> {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        need(&vb, "input_layernorm.weight")?;
+        Ok(Self {
+            ln1: candle_nn::rms_norm(h, c.rms_norm_eps, vb.pp("input_layernorm"))?,
+            attn: Attention::load(vb.pp("self_attn"), c)?,
+            ln2: candle_nn::rms_norm(h, c.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            gate: linear(vb.pp("mlp.gate_proj"), h, i, c.mlp_bias)?,
+            up: linear(vb.pp("mlp.up_proj"), h, i, c.mlp_bias)?,
+            down: linear(vb.pp("mlp.down_proj"), i, h, c.mlp_bias)?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        kv: &mut KvBuffer,
+    ) -> candle_core::Result<Tensor> {
+        let h = (x + self.attn.forward(&self.ln1.forward(x)?, cos, sin, mask, kv)?)?;
+        let n = self.ln2.forward(&h)?;
+        let m = dense(&self.down, &(candle_nn::ops::silu(&dense(&self.gate, &n)?)? * dense(&self.up, &n)?)?)?;
+        h + m
+    }
+}
+
+pub struct LlamaModel {
+    embed: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    max_positions: usize,
+}
+
+impl LlamaModel {
+    /// `model` holds `embed_tokens`, `layers.*`, `norm`; `lm_head` the output projection.
+    pub fn load(model: VarBuilder, lm_head: VarBuilder, c: &TextConfig, dtype: DType, device: &Device) -> Result<Self> {
+        need(&model, "embed_tokens.weight")?;
+        let embed = candle_nn::embedding(c.vocab_size, c.hidden_size, model.pp("embed_tokens"))?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| DecoderLayer::load(model.pp(format!("layers.{i}")), c))
+            .collect::<Result<_>>()?;
+        let norm = candle_nn::rms_norm(c.hidden_size, c.rms_norm_eps, model.pp("norm"))?;
+        let lm_head = if lm_head.contains_tensor("weight") {
+            linear(lm_head, c.hidden_size, c.vocab_size, false)?
+        } else if c.tie_word_embeddings {
+            Linear::new(embed.embeddings().clone(), None)
+        } else {
+            return Err(ModelError::Load("missing weight lm_head.weight".into()));
+        };
+        // RoPE tables as transformers computes them: inv_freq in f32, position * inv_freq in f32.
+        let hd = c.head_dim;
+        let inv: Vec<f32> =
+            (0..hd).step_by(2).map(|i| 1.0 / (c.rope_theta as f32).powf(i as f32 / hd as f32)).collect();
+        let n = c.max_position_embeddings;
+        let mut freqs = Vec::with_capacity(n * inv.len());
+        for p in 0..n {
+            for &f in &inv {
+                freqs.push(p as f32 * f);
+            }
+        }
+        let freqs = Tensor::from_vec(freqs, (n, hd / 2), device)?;
+        let cos = freqs.cos()?.to_dtype(dtype)?;
+        let sin = freqs.sin()?.to_dtype(dtype)?;
+        Ok(Self { embed, layers, norm, lm_head, cos, sin, max_positions: n })
+    }
+
+    pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.embed.forward(ids)
+    }
+
+    pub fn new_cache(&self) -> Cache {
+        Cache::new(self.layers.len())
+    }
+
+    /// Runs `embeds` (1, n, hidden) after what the cache holds; returns the last position's
+    /// logits in f32, shape (vocab,).
+    pub fn forward_embeds(&self, embeds: &Tensor, cache: &mut Cache) -> Result<Tensor> {
+        let (_, n, _) = embeds.dims3()?;
+        let start = cache.len;
+        if start + n > self.max_positions {
+            return Err(ModelError::Input(format!(
+                "the sequence needs {} positions, more than the model's {} (max_position_embeddings)",
+                start + n,
+                self.max_positions
+            )));
+        }
+        let cos = self.cos.narrow(0, start, n)?;
+        let sin = self.sin.narrow(0, start, n)?;
+        let mask = if n > 1 {
+            let total = start + n;
+            let m: Vec<f32> = (0..n)
+                .flat_map(|i| (0..total).map(move |j| if j > start + i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            Some(Tensor::from_vec(m, (1, 1, n, total), embeds.device())?)
+        } else {
+            None
+        };
+        let mut x = embeds.clone();
+        for (layer, kv) in self.layers.iter().zip(cache.kvs.iter_mut()) {
+            x = layer.forward(&x, &cos, &sin, mask.as_ref(), kv)?;
+        }
+        cache.len += n;
+        let last = self.norm.forward(&x.i((.., n - 1..n, ..))?)?;
+        Ok(dense(&self.lm_head, &last)?.flatten_all()?.to_dtype(DType::F32)?)
+    }
+
+    /// Runs a left-padded batch `embeds` (b, n, hidden) after what the cache holds. Row `r` has
+    /// `pads[r]` padding positions at the start of the whole sequence; they are masked out and the
+    /// row's positions count from its first real token, as transformers does for left padding
+    /// (`position_ids = cumsum(attention_mask) - 1`). Returns each row's last logits, (b, vocab), f32.
+    pub fn forward_batch(&self, embeds: &Tensor, pads: &[usize], cache: &mut Cache) -> Result<Tensor> {
+        let (b, n, _) = embeds.dims3()?;
+        if pads.len() != b {
+            return Err(ModelError::Input(format!("{} pads for a batch of {b}", pads.len())));
+        }
+        let start = cache.len;
+        let total = start + n;
+        let longest = total - pads.iter().copied().min().unwrap_or(0);
+        if longest > self.max_positions {
+            return Err(ModelError::Input(format!(
+                "the sequence needs {longest} positions, more than the model's {} (max_position_embeddings)",
+                self.max_positions
+            )));
+        }
+        let dev = embeds.device();
+        let pos = Tensor::from_vec(padded_positions(pads, start, n), b * n, dev)?;
+        let half = self.cos.dim(1)?;
+        let cos = self.cos.index_select(&pos, 0)?.reshape((b, n, half))?;
+        let sin = self.sin.index_select(&pos, 0)?.reshape((b, n, half))?;
+        let mask = padded_causal_mask(pads, start, n, DType::F32, dev)?;
+        let mut x = embeds.clone();
+        for (layer, kv) in self.layers.iter().zip(cache.kvs.iter_mut()) {
+            x = layer.forward(&x, &cos, &sin, Some(&mask), kv)?;
+        }
+        cache.len += n;
+        let last = self.norm.forward(&x.i((.., n - 1..n, ..))?)?;
+        Ok(dense(&self.lm_head, &last)?.squeeze(1)?.to_dtype(DType::F32)?)
+    }
+}
