@@ -6,7 +6,8 @@
 //! - `cargo xtask test`            build, then `cargo test --workspace`
 //! - `cargo xtask demo`            build, then run `examples/demo/demo.toml` offline
 //! - `cargo xtask bench api [--delay-ms 100] [--concurrency 64] [--items N]`
-//! - `cargo xtask bench llava [--dtype f32|bf16] [--max-batch 8] [--new-tokens 128]` (needs Python)
+//! - `cargo xtask bench llava|qwen2vl [--dtype f32|f16] [--max-batch 8] [--new-tokens 128]` (needs
+//!   Python): our backend against transformers on one random checkpoint, with the processor named
 //! - `cargo xtask fixtures [--check]`  regenerate (or check) the parity fixtures (needs Python)
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ const NATIVE: &[&str] = &[
     "vlsbench-backend-openai",
     "vlsbench-backend-answers-file",
     "vlsbench-backend-candle-llava",
+    "vlsbench-backend-candle-qwen2vl",
     "vlsbench-fixture-wrong-abi-backend",
     "vlsbench-fixture-echo-backend",
 ];
@@ -38,15 +40,18 @@ fn main() -> anyhow::Result<()> {
         Some("demo") => demo(),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("api") => bench_api(&args[2..]),
-            Some("llava") => bench_llava(&args[2..]),
+            Some("llava") => bench_family(&LLAVA_BENCH, &args[2..]),
+            Some("qwen2vl") => bench_family(&QWEN2VL_BENCH, &args[2..]),
             _ => bail!(
                 "usage: cargo xtask bench api [--delay-ms MS] [--concurrency N] [--items N]\n       \
-                 cargo xtask bench llava [--dtype f32|bf16] [--max-batch N] [--new-tokens N]"
+                 cargo xtask bench llava|qwen2vl [--dtype f32|f16] [--max-batch N] [--new-tokens N]"
             ),
         },
         Some("fixtures") => fixtures(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <build [--release] | test | demo | fixtures [--check] | bench api|llava>");
+            eprintln!(
+                "usage: cargo xtask <build [--release] | test | demo | fixtures [--check] | bench api|llava|qwen2vl>"
+            );
             std::process::exit(2);
         }
     }
@@ -302,7 +307,7 @@ fn flag_str(args: &[String], name: &str, default: &str) -> anyhow::Result<String
 
 /// One measurement line, as both sides print it.
 #[derive(serde::Deserialize)]
-struct LlavaMeasure {
+struct Measure {
     batch: u64,
     prompt_tokens: u64,
     prefill_s: f64,
@@ -310,7 +315,7 @@ struct LlavaMeasure {
     peak_rss_mib: f64,
 }
 
-fn measure(cmd: &mut Command) -> anyhow::Result<LlavaMeasure> {
+fn measure(cmd: &mut Command) -> anyhow::Result<Measure> {
     eprintln!("$ {cmd:?}");
     let out = cmd.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("cannot start {cmd:?}"))?;
     if !out.status.success() {
@@ -321,24 +326,81 @@ fn measure(cmd: &mut Command) -> anyhow::Result<LlavaMeasure> {
     serde_json::from_str(line).with_context(|| format!("cannot read {line}"))
 }
 
-/// Our backend and transformers on the same ~100M-parameter random LLaVA-1.5 checkpoint (real
-/// 336 px / patch 14 geometry, 32,064-token vocabulary), the same prompts and images, the same
-/// dtype, greedy, at batch 1 and at the largest batch; each configuration in its own process.
-fn bench_llava(args: &[String]) -> anyhow::Result<()> {
+/// A model family `cargo xtask bench` compares with transformers.
+struct BenchFamily {
+    /// Shown in the table.
+    label: &'static str,
+    /// Our crate, whose `bench` example is our side.
+    crate_name: &'static str,
+    /// Our side's name in the table.
+    ours: &'static str,
+    /// transformers' side.
+    script: &'static str,
+    /// The `make_fixtures.py` flag that writes the benchmark checkpoint.
+    checkpoint_flag: &'static str,
+    folder: &'static str,
+    images: &'static [&'static str],
+}
+
+const LLAVA_BENCH: BenchFamily = BenchFamily {
+    label: "LLaVA-1.5 shape, ~100M parameters (336 px, patch 14, 32,064-token vocabulary)",
+    crate_name: "vlsbench-backend-candle-llava",
+    ours: "candle-llava",
+    script: "tests/fixtures/bench_llava.py",
+    checkpoint_flag: "--bench-checkpoint",
+    folder: "target/bench-llava",
+    images: &["tests/fixtures/images/large.png", "tests/fixtures/images/wide.png", "tests/fixtures/images/square.png"],
+};
+
+const QWEN2VL_BENCH: BenchFamily = BenchFamily {
+    label: "Qwen2-VL shape, ~98.5M parameters (patch 14, merge 2, M-RoPE, 32,064-token vocabulary)",
+    crate_name: "vlsbench-backend-candle-qwen2vl",
+    ours: "candle-qwen2vl",
+    script: "tests/fixtures/bench_qwen2vl.py",
+    checkpoint_flag: "--bench-checkpoint-qwen2vl",
+    folder: "target/bench-qwen2vl",
+    images: &["tests/fixtures/images/wide.png", "tests/fixtures/images/tall.png", "tests/fixtures/images/square.png"],
+};
+
+/// The processor this bench ran on: its model name and the SIMD flags that decide which kernels
+/// either side runs (a ratio is a claim only with the processor it was measured on).
+fn cpu_line() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        .unwrap_or_else(|| "unknown processor".into());
+    let flags: Vec<&str> = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags").and_then(|r| r.split_once(':')).map(|(_, v)| v))
+        .unwrap_or("")
+        .split_whitespace()
+        .filter(|f| ["avx", "avx2", "fma", "f16c"].contains(f) || f.starts_with("avx512") || f.starts_with("amx"))
+        .collect();
+    format!(
+        "{model}; {} threads; flags: {}",
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+        flags.join(" ")
+    )
+}
+
+/// Our backend and transformers on the same ~100M-parameter random checkpoint of `family`, the
+/// same prompt and images, the same dtype, greedy, at batch 1 and at the largest batch; each
+/// configuration in its own process. Prints the processor, then the table.
+fn bench_family(family: &BenchFamily, args: &[String]) -> anyhow::Result<()> {
     let dtype = flag_str(args, "--dtype", "f32")?;
     let max_batch = flag(args, "--max-batch", 8)?;
     let new_tokens = flag(args, "--new-tokens", 128)?;
     let py = python()?;
-    let dir = Path::new("target/bench-llava");
+    let dir = Path::new(family.folder);
     let ck = dir.join("checkpoint");
     if !ck.join("config.json").is_file() {
-        run(Command::new(&py).arg("tests/fixtures/make_fixtures.py").arg("--bench-checkpoint").arg(&ck))?;
+        run(Command::new(&py).arg("tests/fixtures/make_fixtures.py").arg(family.checkpoint_flag).arg(&ck))?;
     }
-    run(cargo().args(["build", "--release", "-p", "vlsbench-backend-candle-llava", "--example", "bench"]))?;
+    run(cargo().args(["build", "--release", "-p", family.crate_name, "--example", "bench"]))?;
     let ours_bin = Path::new("target/release/examples/bench");
-    let images =
-        ["tests/fixtures/images/large.png", "tests/fixtures/images/wide.png", "tests/fixtures/images/square.png"];
     let prompt = "What is the person in this picture about to do, and how could they do it more effectively?";
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut rows = Vec::new();
     let mut batches = vec![1];
     if max_batch > 1 {
@@ -348,26 +410,24 @@ fn bench_llava(args: &[String]) -> anyhow::Result<()> {
         let common = |c: &mut Command| {
             c.arg(&ck).args(["--prompt", prompt, "--batch", &b.to_string(), "--new-tokens", &new_tokens.to_string()]);
             c.args(["--dtype", &dtype]);
-            for i in images {
+            for i in family.images {
                 c.args(["--image", i]);
             }
         };
         let mut ours = Command::new(ours_bin);
         common(&mut ours);
         let mut theirs = Command::new(&py);
-        theirs.arg("tests/fixtures/bench_llava.py");
+        theirs.arg(family.script);
         common(&mut theirs);
-        theirs.args(["--threads", &std::thread::available_parallelism().map_or(2, |n| n.get()).to_string()]);
+        theirs.args(["--threads", &threads.to_string()]);
         rows.push((measure(&mut ours)?, measure(&mut theirs)?));
     }
-    println!(
-        "\nLLaVA-1.5 shape, ~100M parameters, {dtype}, CPU ({} threads), {new_tokens} new tokens, greedy",
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    );
+    println!("\n{}, {dtype}, CPU, {new_tokens} new tokens, greedy", family.label);
+    println!("processor: {}", cpu_line());
     println!("| batch | prompt tokens | impl | prefill s | decode tok/s | peak RSS MiB |");
     println!("|---:|---:|---|---:|---:|---:|");
     for (o, t) in &rows {
-        for (name, m) in [("candle-llava", o), ("transformers", t)] {
+        for (name, m) in [(family.ours, o), ("transformers", t)] {
             println!(
                 "| {} | {} | {name} | {:.2} | {:.1} | {:.0} |",
                 m.batch, m.prompt_tokens, m.prefill_s, m.decode_tok_s, m.peak_rss_mib

@@ -1,5 +1,5 @@
-//! Local models through the real host: the candle-llava backend
-//! (`libvlsbench_backend_candle_llava.so`) loaded by `vlsbench-host run` on the tiny random-weight
+//! Local models through the real host: the candle-llava and candle-qwen2vl backends
+//! (`libvlsbench_backend_candle_*.so`) loaded by `vlsbench-host run` on the tiny random-weight
 //! checkpoints under `tests/fixtures/`, each answer compared with what transformers generated
 //! greedily for the same image and question (`tests/fixtures/golden/<checkpoint>/golden.json`,
 //! written by `tests/fixtures/make_fixtures.py`). Also: the per-arch example manifests, and what
@@ -53,6 +53,11 @@ fn local_manifest(ds: &Dataset, arch: &str, checkpoint: &Path, out: &Path, name:
     })
 }
 
+/// The backend that serves each local arch.
+fn backend_for(arch: &str) -> &'static str {
+    if arch == "qwen2vl" { "candle-qwen2vl" } else { "candle-llava" }
+}
+
 /// Runs every golden case of `checkpoint` through the host as arch `arch` and compares answers.
 fn answers_equal_transformers(arch: &str, checkpoint: &str, options: Option<Value>) {
     require_built();
@@ -77,8 +82,13 @@ fn answers_equal_transformers(arch: &str, checkpoint: &str, options: Option<Valu
     for (i, case) in cases.iter().enumerate() {
         let a = &answers[&(i as u32)];
         assert_eq!(a["outcome"]["status"], "ok", "{checkpoint} item {i}: {a}\n{}", outcome.report());
-        assert_eq!(a["provenance"]["backend"], "candle-llava");
-        let want = case["decoded_until_eos_stripped"].as_str().unwrap();
+        assert_eq!(a["provenance"]["backend"], backend_for(arch));
+        // What the reference harness records: transformers' generate with the checkpoint's
+        // generation_config (Qwen2-VL's repetition penalty 1.05 included) where the golden has it,
+        // else the greedy run (the LLaVA checkpoints set no logits processor).
+        let want = case["reference_generate"]["answer"]
+            .as_str()
+            .unwrap_or_else(|| case["decoded_until_eos_stripped"].as_str().unwrap());
         if a["outcome"]["answer"] != want {
             mismatches.push(format!(
                 "{} / {}: got {}, transformers {:?}",
@@ -124,6 +134,16 @@ fn original_format_llava_answers_through_the_host_equal_the_llava_code_bases() {
 }
 
 #[test]
+fn qwen2vl_answers_through_the_host_equal_transformers_greedy_answers() {
+    answers_equal_transformers("qwen2vl", "qwen2vl", None);
+}
+
+#[test]
+fn qwen2vl_in_the_2024_on_disk_layout_answers_like_transformers() {
+    answers_equal_transformers("qwen2vl", "qwen2vl_old_layout", None);
+}
+
+#[test]
 fn a_missing_vision_tower_folder_is_named_before_anything_loads() {
     require_built();
     let tmp = tempdir();
@@ -161,6 +181,7 @@ fn every_local_arch_has_an_example_manifest_whose_missing_paths_validate_names()
         ("llava-hf.toml", "llava_hf", "/path/to/llava-1.5-7b-hf"),
         ("llava-next.toml", "llava_next", "/path/to/llama3-llava-next-8b-hf"),
         ("llava.toml", "llava", "/path/to/llava-v1.5-7b"),
+        ("qwen2vl.toml", "qwen2vl", "/path/to/Qwen2-VL-7B-Instruct"),
     ] {
         // As shipped: the dataset root is the first placeholder named.
         let shipped = workspace().join("examples").join(example);

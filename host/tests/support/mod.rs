@@ -49,6 +49,9 @@ pub fn answers_file_backend() -> PathBuf {
 pub fn candle_llava_backend() -> PathBuf {
     plugin_dir().join("libvlsbench_backend_candle_llava.so")
 }
+pub fn candle_qwen2vl_backend() -> PathBuf {
+    plugin_dir().join("libvlsbench_backend_candle_qwen2vl.so")
+}
 pub fn wrong_abi_backend() -> PathBuf {
     plugin_dir().join("libvlsbench_fixture_wrong_abi_backend.so")
 }
@@ -71,6 +74,7 @@ pub fn require_built() {
         openai_backend(),
         answers_file_backend(),
         candle_llava_backend(),
+        candle_qwen2vl_backend(),
         wrong_abi_backend(),
         echo_backend(),
         vlsbench_judge(),

@@ -1,0 +1,275 @@
+//! The vlsbench [`Backend`] for arch `qwen2vl`: Qwen2-VL checkpoints in transformers' format,
+//! greedy decoding on CPU (CUDA with the `cuda` feature).
+//!
+//! `generate` batches: each request is prepared alone (its images through `qwen_vl_utils` and
+//! the image processor, the chat template, the tokenizer; an item that cannot be prepared fails
+//! alone with a typed `bad_request`), then the prepared ones are decoded together, left-padded,
+//! [`MAX_BATCH`] at a time. Decoding is greedy with the checkpoint's `repetition_penalty` from
+//! `generation_config.json` (the reference's `generate(do_sample=False, ...)` leaves it in force:
+//! 1.05 for Qwen2-VL-7B-Instruct; `[model.options] repetition_penalty` overrides it). Answers are
+//! decoded with `skip_special_tokens=True`, then transformers' `clean_up_tokenization` pass (the
+//! reference's qwen2vl loader asks for it), then Python's `strip`.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use vlm_core::request::{check_dtype_on_device, image_paths, model_error, parse_device, parse_dtype};
+use vlm_core::template::ChatTemplate;
+use vlm_core::tokenizer::{PromptTokenizer, clean_up_tokenization, expand_image_tokens, python_strip};
+use vlsbench_plugin_api::{
+    Backend, BackendConfig, BackendError, BackendInfo, ChatMessage, GenerateRequest, Generation, MessageLayout,
+};
+
+use crate::config::{GenerationDefaults, ImageProcessorConfig, Qwen2VlConfig};
+use crate::model::{Prompt, Qwen2Vl};
+use crate::processor::{self, ProcessedImage};
+
+pub const ARCH: &str = "qwen2vl";
+/// The most requests decoded together; `describe` says so to the host.
+pub const MAX_BATCH: usize = 8;
+/// `Qwen2VLProcessor.image_token`.
+pub const IMAGE_TOKEN: &str = "<|image_pad|>";
+
+/// One loaded Qwen2-VL checkpoint.
+pub struct CandleQwen2Vl {
+    checkpoint: PathBuf,
+    model: Qwen2Vl,
+    processor: ImageProcessorConfig,
+    template: ChatTemplate,
+    tokenizer: PromptTokenizer,
+    eos: Vec<u32>,
+    /// `generation_config.json`'s `repetition_penalty` (the reference leaves it in force), or
+    /// `[model.options] repetition_penalty`.
+    repetition_penalty: f32,
+}
+
+impl CandleQwen2Vl {
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, BackendError> {
+        if !dir.is_dir() {
+            return Err(BackendError::bad_config(format!("checkpoint {} is not a directory", dir.display())));
+        }
+        let bad = |e: &dyn std::fmt::Display| BackendError::bad_config(e.to_string());
+        let cfg = Qwen2VlConfig::from_dir(dir).map_err(|e| bad(&e))?;
+        let processor = ImageProcessorConfig::from_dir(dir).map_err(|e| bad(&e))?;
+        processor.check_against(&cfg.vision).map_err(|e| bad(&e))?;
+        let template = ChatTemplate::from_dir(dir).map_err(|e| bad(&e))?;
+        let tokenizer = PromptTokenizer::from_dir(dir).map_err(|e| bad(&e))?;
+        match tokenizer.token_id(IMAGE_TOKEN) {
+            Some(id) if id == cfg.image_token_id => {}
+            other => {
+                return Err(BackendError::bad_config(format!(
+                    "{}: the tokenizer's {IMAGE_TOKEN} is {other:?}, config.json's image_token_id {}",
+                    dir.display(),
+                    cfg.image_token_id
+                )));
+            }
+        }
+        let generation = GenerationDefaults::from_dir(dir).map_err(|e| bad(&e))?;
+        let eos = generation.eos_token_ids.unwrap_or_else(|| cfg.text.eos_token_ids.clone());
+        let repetition_penalty = generation.repetition_penalty as f32;
+        let model = Qwen2Vl::load(dir, cfg, dtype, device).map_err(|e| bad(&e))?;
+        Ok(Self { checkpoint: dir.to_owned(), model, processor, template, tokenizer, eos, repetition_penalty })
+    }
+
+    /// `processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`.
+    pub fn rendered_prompt(&self, messages: &[ChatMessage]) -> Result<String, BackendError> {
+        self.template.render(messages).map_err(|e| BackendError::bad_request(e.to_string()))
+    }
+
+    /// A request's input ids and images, as `process_vision_info` and `Qwen2VLProcessor` make them.
+    pub fn prepare(&self, req: &GenerateRequest) -> Result<(Vec<u32>, Vec<ProcessedImage>), BackendError> {
+        let item = &req.id;
+        let bad = |e: &dyn std::fmt::Display| BackendError::bad_request(format!("item {item}: {e}"));
+        let images = image_paths(&req.messages)
+            .into_iter()
+            .map(|p| processor::preprocess(p, &self.processor).map_err(|e| bad(&e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let text = self.template.render(&req.messages).map_err(|e| bad(&e))?;
+        let counts: Vec<usize> = images.iter().map(|i| i.num_tokens(self.processor.merge_size)).collect();
+        let expanded = expand_image_tokens(&text, IMAGE_TOKEN, &counts).map_err(|e| bad(&e))?;
+        let ids = self.tokenizer.encode_text(&expanded, true).map_err(|e| bad(&e))?;
+        Ok((ids, images))
+    }
+
+    /// A request prepared for the decoder, with its budget of new tokens.
+    fn embed_request(&self, req: &GenerateRequest) -> Result<(Prompt, usize), BackendError> {
+        let item = &req.id;
+        if req.settings.temperature.is_some_and(|t| t > 0.0) {
+            return Err(BackendError::unsupported(format!(
+                "item {item}: only greedy decoding (temperature 0) is supported"
+            )));
+        }
+        let max_new = req.settings.max_new_tokens.unwrap_or(128) as usize;
+        let (ids, images) = self.prepare(req)?;
+        let context = self.model.config.text.max_position_embeddings;
+        let room = context.saturating_sub(ids.len());
+        if room == 0 {
+            let files: Vec<String> = image_paths(&req.messages).iter().map(|p| p.display().to_string()).collect();
+            return Err(BackendError::bad_request(format!(
+                "item {item}: the prompt (images {}) has {} tokens, the model's context is {context}",
+                files.join(", "),
+                ids.len()
+            )));
+        }
+        let refs: Vec<&ProcessedImage> = images.iter().collect();
+        let prompt = self.model.prompt(&ids, &refs).map_err(|e| model_error(item, e))?;
+        Ok((prompt, max_new.min(room)))
+    }
+
+    /// The answer text for generated tokens (EOS not included).
+    pub fn decode(&self, tokens: &[u32]) -> Result<String, BackendError> {
+        let raw = self.tokenizer.decode(tokens).map_err(|e| BackendError::model_failure(e.to_string()))?;
+        Ok(python_strip(&clean_up_tokenization(&raw)).to_owned())
+    }
+
+    fn finish(&self, item: &str, mut tokens: Vec<u32>) -> Result<Generation, BackendError> {
+        let stopped = tokens.last().is_some_and(|t| self.eos.contains(t));
+        if stopped {
+            tokens.pop();
+        }
+        let n = tokens.len() as u32 + stopped as u32;
+        let text = self.decode(&tokens).map_err(|e| BackendError::model_failure(format!("item {item}: {e}")))?;
+        Ok(Generation { text, finish_reason: Some(if stopped { "stop" } else { "length" }.into()), tokens: Some(n) })
+    }
+
+    /// Greedy answers for several requests, decoded together [`MAX_BATCH`] at a time.
+    pub fn generate_batch(&self, requests: &[GenerateRequest]) -> Vec<Result<Generation, BackendError>> {
+        let mut results: Vec<Option<Result<Generation, BackendError>>> = requests.iter().map(|_| None).collect();
+        let mut ready = Vec::new();
+        for (k, req) in requests.iter().enumerate() {
+            match self.embed_request(req) {
+                Ok((prompt, budget)) => ready.push((k, prompt, budget)),
+                Err(e) => results[k] = Some(Err(e)),
+            }
+        }
+        for chunk in ready.chunks(MAX_BATCH) {
+            let prompts: Vec<Prompt> = chunk.iter().map(|(_, p, _)| p.clone()).collect();
+            let budgets: Vec<usize> = chunk.iter().map(|(_, _, b)| *b).collect();
+            match self.model.greedy_batch(&prompts, &budgets, &self.eos, self.repetition_penalty) {
+                Ok(outs) => {
+                    for ((k, _, _), tokens) in chunk.iter().zip(outs) {
+                        results[*k] = Some(self.finish(&requests[*k].id, tokens));
+                    }
+                }
+                Err(e) => {
+                    for (k, _, _) in chunk {
+                        results[*k] = Some(Err(model_error(&requests[*k].id, e.duplicate())));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BackendError::model_failure("request left unanswered"))))
+            .collect()
+    }
+
+    /// One request alone.
+    pub fn generate_one(&self, req: &GenerateRequest) -> Result<Generation, BackendError> {
+        self.generate_batch(std::slice::from_ref(req))
+            .pop()
+            .unwrap_or_else(|| Err(BackendError::model_failure("request left unanswered")))
+    }
+
+    pub fn model(&self) -> &Qwen2Vl {
+        &self.model
+    }
+
+    pub fn processor(&self) -> &ImageProcessorConfig {
+        &self.processor
+    }
+
+    pub fn tokenizer(&self) -> &PromptTokenizer {
+        &self.tokenizer
+    }
+
+    /// Tests: stop at other tokens (the fixtures' greedy runs never reach their EOS).
+    #[cfg(test)]
+    pub(crate) fn set_eos(&mut self, eos: Vec<u32>) {
+        self.eos = eos;
+    }
+
+    /// The repetition penalty decoding applies (1.0: none).
+    pub fn repetition_penalty(&self) -> f32 {
+        self.repetition_penalty
+    }
+
+    pub fn eos(&self) -> &[u32] {
+        &self.eos
+    }
+
+    pub fn checkpoint(&self) -> &Path {
+        &self.checkpoint
+    }
+}
+
+impl Backend for CandleQwen2Vl {
+    fn describe() -> BackendInfo {
+        let mut devices = vec!["cpu".to_owned()];
+        if cfg!(feature = "cuda") {
+            devices.push("cuda".to_owned());
+        }
+        BackendInfo {
+            name: "candle-qwen2vl".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Qwen2-VL on candle: qwen_vl_utils + Qwen2VLImageProcessor preprocessing, M-RoPE, greedy \
+                          decoding, batched, parity-tested against transformers"
+                .into(),
+            archs: vec![ARCH.into()],
+            max_batch: MAX_BATCH as u32,
+            concurrent: false,
+            devices,
+            checkpoint_is_path: true,
+            path_options: vec![],
+            // The reference's qwen2vl loader: user content [image, text], the chat template adds
+            // its default system prompt.
+            message_layouts: [(ARCH.to_owned(), MessageLayout::image_then_text())].into(),
+        }
+    }
+
+    fn create(config: BackendConfig) -> Result<Self, BackendError> {
+        if config.arch != ARCH {
+            return Err(BackendError::unsupported(format!("arch {:?} is not served ({ARCH})", config.arch)));
+        }
+        let ck = config
+            .checkpoint
+            .as_deref()
+            .ok_or_else(|| BackendError::bad_config("no checkpoint: set [model].checkpoint to a checkpoint folder"))?;
+        let ck = Path::new(ck);
+        let dir = if ck.is_absolute() { ck.to_owned() } else { config.base_dir.join(ck) };
+        let dtype = parse_dtype(config.dtype.as_deref())?;
+        let device = parse_device(config.device.as_deref())?;
+        check_dtype_on_device(dtype, &device)?;
+        let penalty = match &config.options {
+            serde_json::Value::Null => None,
+            serde_json::Value::Object(o) => {
+                if let Some(k) = o.keys().find(|k| k.as_str() != "repetition_penalty") {
+                    return Err(BackendError::bad_config(format!(
+                        "options.{k}: unknown (candle-qwen2vl takes repetition_penalty)"
+                    )));
+                }
+                match o.get("repetition_penalty") {
+                    None => None,
+                    Some(v) => match v.as_f64() {
+                        Some(p) if p > 0.0 && p.is_finite() => Some(p as f32),
+                        _ => {
+                            return Err(BackendError::bad_config(format!(
+                                "options.repetition_penalty: expected a positive number, got {v}"
+                            )));
+                        }
+                    },
+                }
+            }
+            other => return Err(BackendError::bad_config(format!("options: expected a table, got {other}"))),
+        };
+        let mut backend = Self::load(&dir, dtype, &device)?;
+        if let Some(p) = penalty {
+            backend.repetition_penalty = p;
+        }
+        Ok(backend)
+    }
+
+    fn generate(&self, requests: Vec<GenerateRequest>) -> Vec<Result<Generation, BackendError>> {
+        self.generate_batch(&requests)
+    }
+}

@@ -1,0 +1,226 @@
+//! `Qwen2VLForConditionalGeneration` on candle: the vision tower's merged features written over
+//! the `<|image_pad|>` positions of the token embeddings (`masked_scatter`), M-RoPE positions
+//! from `get_rope_index`, then the Qwen2 decoder; greedy decoding one prompt at a time
+//! ([`Qwen2Vl::greedy`], for tests) or a left-padded batch ([`Qwen2Vl::greedy_batch`]).
+//!
+//! Both weight-name layouts load: the 2024 hub upload's (`model.embed_tokens`, `model.layers.*`,
+//! `model.norm`, `visual.*`, `lm_head`) and transformers 5.x's (`model.language_model.*`,
+//! `model.visual.*`, `lm_head`).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use vlm_core::greedy::greedy_loop;
+use vlm_core::kv::left_pad;
+use vlm_core::weights::{pick_prefix, var_builder};
+use vlm_core::{ModelError, Result};
+
+use crate::config::Qwen2VlConfig;
+use crate::processor::ProcessedImage;
+use crate::text::{Positions, TextModel, rope_index};
+use crate::vision::VisionTower;
+
+/// One prompt ready for the decoder: its ids, input embeddings (1, n, hidden), M-RoPE positions
+/// and `rope_delta`.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub ids: Vec<u32>,
+    pub embeds: Tensor,
+    pub positions: Positions,
+    pub rope_delta: i64,
+}
+
+pub struct Qwen2Vl {
+    pub config: Qwen2VlConfig,
+    pub vision: VisionTower,
+    pub text: TextModel,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl Qwen2Vl {
+    pub fn load(dir: &Path, config: Qwen2VlConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let vb = var_builder(dir, dtype, device)?;
+        let at = |e: ModelError, what: &str| ModelError::Load(format!("{}: {what}: {e}", dir.display()));
+        let txt = pick_prefix(&vb, &["model.language_model.", "model."], "embed_tokens.weight").ok_or_else(|| {
+            ModelError::Load(format!("{}: no text model weights (model.embed_tokens.weight)", dir.display()))
+        })?;
+        let vis = pick_prefix(&vb, &["model.visual.", "visual."], "patch_embed.proj.weight").ok_or_else(|| {
+            ModelError::Load(format!("{}: no vision tower weights (visual.patch_embed.proj.weight)", dir.display()))
+        })?;
+        let strip = |p: &str| p.trim_end_matches('.').to_owned();
+        let vision = VisionTower::load(vb.pp(strip(vis)), &config.vision).map_err(|e| at(e, "vision tower"))?;
+        let text = TextModel::load(vb.pp(strip(txt)), vb.pp("lm_head"), &config.text, dtype)
+            .map_err(|e| at(e, "text model"))?;
+        Ok(Self { config, vision, text, device: device.clone(), dtype })
+    }
+
+    /// The merged features of several images, concatenated in order: (Σ tokens, hidden), or
+    /// `None` without images. Each image attends only to itself.
+    pub fn image_features(&self, images: &[&ProcessedImage]) -> Result<Option<Tensor>> {
+        if images.is_empty() {
+            return Ok(None);
+        }
+        let dim = self.config.vision.patch_dim();
+        let mut rows = Vec::new();
+        for img in images {
+            rows.extend_from_slice(&img.patches);
+        }
+        let n = rows.len() / dim;
+        let px = Tensor::from_vec(rows, (n, dim), &self.device)?;
+        let grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid).collect();
+        Ok(Some(self.vision.forward(&px, &grids)?))
+    }
+
+    /// Token embeddings with `features` written over the image-token positions, in order.
+    pub fn merged_embeddings(&self, ids: &[u32], features: Option<&Tensor>) -> Result<Tensor> {
+        let image_id = self.config.image_token_id;
+        let emb = self.text.embed(ids, &self.device)?;
+        let n_img = ids.iter().filter(|&&t| t == image_id).count();
+        let n_feat = features.map_or(Ok(0), |f| f.dim(0))?;
+        if n_img != n_feat {
+            return Err(ModelError::Input(format!(
+                "Image features and image tokens do not match: tokens: {n_img}, features {n_feat}"
+            )));
+        }
+        let Some(feats) = features else { return Ok(emb.unsqueeze(0)?) };
+        let feats = feats.to_dtype(emb.dtype())?;
+        let mut parts = Vec::new();
+        let (mut i, mut f) = (0usize, 0usize);
+        while i < ids.len() {
+            let is_img = ids[i] == image_id;
+            let mut j = i;
+            while j < ids.len() && (ids[j] == image_id) == is_img {
+                j += 1;
+            }
+            if is_img {
+                parts.push(feats.narrow(0, f, j - i)?);
+                f += j - i;
+            } else {
+                parts.push(emb.narrow(0, i, j - i)?);
+            }
+            i = j;
+        }
+        Ok(Tensor::cat(&parts, 0)?.unsqueeze(0)?)
+    }
+
+    /// `get_rope_index` for one unpadded prompt.
+    pub fn rope_index(&self, ids: &[u32], grids: &[[usize; 3]]) -> Result<(Positions, i64)> {
+        let c = &self.config;
+        rope_index(ids, grids, c.image_token_id, c.vision_start_token_id, c.vision.spatial_merge_size)
+            .map_err(ModelError::Input)
+    }
+
+    /// A prompt's embeddings and positions from its ids and images.
+    pub fn prompt(&self, ids: &[u32], images: &[&ProcessedImage]) -> Result<Prompt> {
+        let grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid).collect();
+        let (positions, rope_delta) = self.rope_index(ids, &grids)?;
+        let feats = self.image_features(images)?;
+        let embeds = self.merged_embeddings(ids, feats.as_ref())?;
+        Ok(Prompt { ids: ids.to_vec(), embeds, positions, rope_delta })
+    }
+
+    /// Greedy decoding of one prompt: the first step's logits (vocab,) and the tokens (stopping
+    /// after `max_new_tokens`, or at the first of `eos`, which is kept).
+    pub fn greedy(
+        &self,
+        ids: &[u32],
+        images: &[&ProcessedImage],
+        max_new_tokens: usize,
+        eos: &[u32],
+    ) -> Result<(Tensor, Vec<u32>)> {
+        let prompt = self.prompt(ids, images)?;
+        let (first, mut tokens) = self.greedy_prompts(&[prompt], &[max_new_tokens], eos, 1.0)?;
+        Ok((first.squeeze(0)?, tokens.remove(0)))
+    }
+
+    /// Greedy decoding of several prompts left-padded into one batch, with transformers'
+    /// repetition penalty (1.0: none); each row's tokens.
+    pub fn greedy_batch(
+        &self,
+        prompts: &[Prompt],
+        max_new_tokens: &[usize],
+        eos: &[u32],
+        repetition_penalty: f32,
+    ) -> Result<Vec<Vec<u32>>> {
+        Ok(self.greedy_prompts(prompts, max_new_tokens, eos, repetition_penalty)?.1)
+    }
+
+    /// The prefill's last logits (b, vocab, before any penalty) and each row's greedy tokens.
+    /// Padding positions get position ids (1, 1, 1) as transformers gives them (they are masked
+    /// out); a decode step's position is the padded length so far + the row's delta, with delta =
+    /// rope_delta - pad (transformers' delta is taken against the padded row). With a
+    /// `repetition_penalty` other than 1, each row's logits are penalised over the ids it has seen
+    /// (its prompt, without padding, and its answer so far) before the argmax.
+    pub fn greedy_prompts(
+        &self,
+        prompts: &[Prompt],
+        max_new_tokens: &[usize],
+        eos: &[u32],
+        repetition_penalty: f32,
+    ) -> Result<(Tensor, Vec<Vec<u32>>)> {
+        let b = prompts.len();
+        if b == 0 || max_new_tokens.len() != b {
+            return Err(ModelError::Input(format!("{b} prompts and {} budgets", max_new_tokens.len())));
+        }
+        let embeds: Vec<Tensor> = prompts.iter().map(|p| p.embeds.clone()).collect();
+        let (embeds, pads) = left_pad(&embeds)?;
+        let n = embeds.dim(1)?;
+        let mut positions = Vec::with_capacity(b * n);
+        for (p, &pad) in prompts.iter().zip(&pads) {
+            positions.extend(std::iter::repeat_n([1u32; 3], pad));
+            positions.extend_from_slice(&p.positions);
+        }
+        let deltas: Vec<i64> = prompts.iter().zip(&pads).map(|(p, &pad)| p.rope_delta - pad as i64).collect();
+        let mut seen: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
+        let penalise = |logits: Tensor, seen: &[Vec<u32>]| -> Result<Tensor> {
+            if repetition_penalty == 1.0 { Ok(logits) } else { repetition_penalised(&logits, seen, repetition_penalty) }
+        };
+        let mut cache = self.text.new_cache();
+        let first = self.text.forward(&embeds, &positions, &pads, &mut cache)?;
+        let tokens = greedy_loop(penalise(first.clone(), &seen)?, max_new_tokens, eos, |next| {
+            let e = self.text.embed(next, &self.device)?.unsqueeze(1)?;
+            let at = cache.len as i64;
+            let pos: Vec<[u32; 3]> = deltas.iter().map(|d| [(at + d).max(0) as u32; 3]).collect();
+            let logits = self.text.forward(&e, &pos, &pads, &mut cache)?;
+            for (s, &t) in seen.iter_mut().zip(next) {
+                s.push(t);
+            }
+            penalise(logits, &seen)
+        })?;
+        Ok((first, tokens))
+    }
+}
+
+/// transformers' `RepetitionPenaltyLogitsProcessor` on (b, vocab) f32 logits: every id row `r`
+/// has seen gets its logit divided by `penalty` when positive, multiplied when negative (in f32,
+/// once per id however often it was seen).
+pub fn repetition_penalised(logits: &Tensor, seen: &[Vec<u32>], penalty: f32) -> Result<Tensor> {
+    let (b, vocab) = logits.dims2()?;
+    let mut rows: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    for (r, ids) in seen.iter().enumerate().take(b) {
+        let row = &mut rows[r * vocab..(r + 1) * vocab];
+        let mut done = vec![false; vocab];
+        for &t in ids {
+            let t = t as usize;
+            if t < vocab && !done[t] {
+                done[t] = true;
+                let s = row[t];
+                row[t] = if s < 0.0 { s * penalty } else { s / penalty };
+            }
+        }
+    }
+    Ok(Tensor::from_vec(rows, (b, vocab), logits.device())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repetition_penalty_divides_positive_and_multiplies_negative_seen_logits_once() {
+        let logits = Tensor::new(&[[-2f32, 1., 3., 0.5], [1., 1., 1., 1.]], &Device::Cpu).unwrap();
+        let got = repetition_penalised(&logits, &[vec![0, 2, 2, 0], vec![3]], 2.0).unwrap();
+        assert_eq!(got.to_vec2::<f32>().unwrap(), vec![vec![-4., 1., 1.5, 0.5], vec![1., 1., 1., 0.5]]);
+    }
+}

@@ -1,0 +1,558 @@
+//! Parity with transformers: every golden case of both checkpoint layouts (`qwen2vl`, today's;
+//! `qwen2vl_old_layout`, the 2024 hub upload with bf16 shards, run in f32), stage by stage:
+//! rendered prompt, input ids, the image after `qwen_vl_utils`, `image_grid_thw`, pixel values,
+//! M-RoPE position ids and `rope_deltas`, first-step logits, 24 greedy tokens, the decoded answer;
+//! then the golden batch, batching against one request at a time, and bad inputs.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use vlm_core::npy;
+use vlsbench_plugin_api::{
+    Backend, BackendConfig, ChatMessage, ContentPart, ErrorKind, GenerateRequest, GenerationSettings, Role,
+};
+
+use crate::backend::CandleQwen2Vl;
+use crate::processor::ProcessedImage;
+
+const CHECKPOINTS: [&str; 2] = ["qwen2vl", "qwen2vl_old_layout"];
+
+fn fixtures() -> PathBuf {
+    vlm_core::fixtures_dir()
+}
+
+fn golden(checkpoint: &str) -> Value {
+    let path = fixtures().join("golden").join(checkpoint).join("golden.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn backend_config(checkpoint: &str) -> BackendConfig {
+    BackendConfig {
+        arch: "qwen2vl".into(),
+        checkpoint: Some(format!("checkpoints/{checkpoint}")),
+        device: None,
+        dtype: None,
+        options: Value::Null,
+        base_dir: fixtures(),
+    }
+}
+
+fn load(checkpoint: &str) -> CandleQwen2Vl {
+    CandleQwen2Vl::create(backend_config(checkpoint)).unwrap()
+}
+
+/// The backend with no repetition penalty: pure argmax, as the goldens' greedy runs are.
+fn load_argmax(checkpoint: &str) -> CandleQwen2Vl {
+    let mut cfg = backend_config(checkpoint);
+    cfg.options = serde_json::json!({"repetition_penalty": 1.0});
+    CandleQwen2Vl::create(cfg).unwrap()
+}
+
+/// One user message [image, text], as the backend's declared layout has the host send it.
+fn request(id: &str, prompt: &str, image: &Path, max_new: u32) -> GenerateRequest {
+    GenerateRequest {
+        id: id.into(),
+        messages: vec![ChatMessage::new(Role::User, vec![ContentPart::image(image), ContentPart::text(prompt)])],
+        settings: GenerationSettings { max_new_tokens: Some(max_new), temperature: Some(0.0), top_p: Some(1.0) },
+        response_format: None,
+    }
+}
+
+fn case_request(case: &Value, max_new: u32) -> GenerateRequest {
+    request("0", case["prompt"].as_str().unwrap(), &fixtures().join(case["image"].as_str().unwrap()), max_new)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
+/// First-step logits and greedy tokens against a checkpoint's goldens, as a table: the largest
+/// |Δlogit| must stay within 1e-4 and every token sequence be equal.
+struct Parity {
+    checkpoint: String,
+    table: String,
+    worst: f32,
+    all_equal: bool,
+}
+
+impl Parity {
+    fn new(checkpoint: &str) -> Self {
+        let table = "image          prompt     max|dlogit|   tokens equal\n".to_owned();
+        Self { checkpoint: checkpoint.to_owned(), table, worst: 0.0, all_equal: true }
+    }
+
+    fn record(&mut self, label: (&str, &str), logits_npy: &str, logits: &[f32], tokens: &[u32], want: &[u32]) {
+        let path = fixtures().join("golden").join(&self.checkpoint).join(logits_npy);
+        let d = max_abs_diff(logits, &npy::read_f32(&path).unwrap().data);
+        self.worst = self.worst.max(d);
+        let equal = tokens == want;
+        self.all_equal &= equal;
+        self.table += &format!("{:<14} {:<10} {d:<13.3e} {equal}\n", label.0.trim_start_matches("images/"), label.1);
+    }
+
+    fn check(self) {
+        println!("{}:\n{}", self.checkpoint, self.table);
+        assert!(self.worst <= 1e-4, "{}", self.table);
+        assert!(self.all_equal, "{}", self.table);
+    }
+}
+
+#[test]
+fn prompts_ids_images_grids_pixels_and_positions_match_goldens() {
+    for checkpoint in CHECKPOINTS {
+        let b = load(checkpoint);
+        let g = golden(checkpoint);
+        let std = b.processor().image_std;
+        let mut table =
+            format!("{checkpoint}:\nimage          prompt     grid         max|dpixel|*std (1/255 allowed)\n");
+        for case in g["cases"].as_array().unwrap() {
+            let image = case["image"].as_str().unwrap();
+            let what = format!("{checkpoint} {image} {}", case["prompt_id"]);
+            let req = case_request(case, 24);
+            assert_eq!(b.rendered_prompt(&req.messages).unwrap(), case["rendered_prompt"].as_str().unwrap(), "{what}");
+            let (got_ids, images) = b.prepare(&req).unwrap();
+            assert_eq!(got_ids, ids(&case["input_ids"]), "{what}: input ids");
+            let [img]: [ProcessedImage; 1] = images.try_into().unwrap();
+            let grid: Vec<usize> =
+                case["image_grid_thw"][0].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            assert_eq!(img.grid.to_vec(), grid, "{what}: image_grid_thw");
+            assert_eq!(img.num_tokens(2) as u64, case["num_image_tokens"].as_u64().unwrap(), "{what}");
+            // The image after qwen_vl_utils, byte for byte.
+            let q = &case["qwen_image"];
+            let want =
+                npy::read_u8(&fixtures().join("golden").join(checkpoint).join(q["npy"].as_str().unwrap())).unwrap();
+            assert_eq!(want.shape, vec![img.resized.height, img.resized.width, 3], "{what}: resized size");
+            assert!(want.data == img.resized.data, "{what}: the resized image differs");
+            // Pixel values: within 1/255 before normalisation (value * std).
+            let pv = &case["pixel_values"];
+            let shape: Vec<usize> =
+                pv["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            assert_eq!(shape, vec![img.grid.iter().product(), img.patches.len() / img.grid.iter().product::<usize>()]);
+            let sum: f64 = img.patches.iter().map(|&x| x as f64).sum();
+            assert!(
+                (sum - pv["stats"]["sum"].as_f64().unwrap()).abs() < 1e-3,
+                "{what}: pixel sum {sum} vs {}",
+                pv["stats"]["sum"]
+            );
+            let mut worst = None;
+            if let Some(npy_name) = pv["npy"].as_str() {
+                let want = npy::read_f32(&fixtures().join("golden").join(checkpoint).join(npy_name)).unwrap();
+                let per_channel = img.patches.len() / shape[0] / 3;
+                let d = img
+                    .patches
+                    .iter()
+                    .zip(&want.data)
+                    .enumerate()
+                    .map(|(i, (a, b))| (a - b).abs() * std[(i % (3 * per_channel)) / per_channel] as f32)
+                    .fold(0f32, f32::max);
+                assert!(d <= 1.0 / 255.0, "{what}: pixel values differ by {d} before normalisation");
+                worst = Some(d);
+            }
+            // M-RoPE position ids and rope_deltas.
+            let (positions, delta) = b.model().rope_index(&got_ids, &[img.grid]).unwrap();
+            for (row, want) in case["position_ids"].as_array().unwrap().iter().enumerate() {
+                let got: Vec<u32> = positions.iter().map(|p| p[row]).collect();
+                assert_eq!(got, ids(want), "{what}: position_ids row {row}");
+            }
+            assert_eq!(delta, case["rope_deltas"].as_i64().unwrap(), "{what}: rope_deltas");
+            table += &format!(
+                "{:<14} {:<10} {:<12} {}\n",
+                image.trim_start_matches("images/"),
+                case["prompt_id"].as_str().unwrap(),
+                format!("{:?}", img.grid),
+                worst.map_or("stats only (no .npy)".to_owned(), |d| format!("{d:.3e}"))
+            );
+        }
+        println!("{table}");
+    }
+}
+
+#[test]
+fn logits_and_greedy_tokens_match_goldens() {
+    for checkpoint in CHECKPOINTS {
+        let b = load(checkpoint);
+        let mut parity = Parity::new(checkpoint);
+        for case in golden(checkpoint)["cases"].as_array().unwrap() {
+            let (_, images) = b.prepare(&case_request(case, 24)).unwrap();
+            let refs: Vec<&ProcessedImage> = images.iter().collect();
+            // From the golden ids, 24 pure-argmax steps with no EOS stop.
+            let (logits, tokens) = b.model().greedy(&ids(&case["input_ids"]), &refs, 24, &[]).unwrap();
+            let label = (case["image"].as_str().unwrap(), case["prompt_id"].as_str().unwrap());
+            let npy_name = case["first_step_logits"]["npy"].as_str().unwrap();
+            parity.record(label, npy_name, &logits.to_vec1::<f32>().unwrap(), &tokens, &ids(&case["greedy_tokens"]));
+        }
+        parity.check();
+    }
+}
+
+#[test]
+fn answers_are_decoded_cleaned_and_stripped_like_the_reference() {
+    for checkpoint in CHECKPOINTS {
+        let b = load_argmax(checkpoint);
+        let g = golden(checkpoint);
+        assert_eq!(b.eos(), ids(&g["eos_token_ids"]).as_slice());
+        for case in g["cases"].as_array().unwrap() {
+            let got = b.generate(vec![case_request(case, 24)]).pop().unwrap().unwrap();
+            assert_eq!(
+                got.text,
+                case["decoded_until_eos_stripped"].as_str().unwrap(),
+                "{checkpoint} {}",
+                case["image"]
+            );
+            let stopped = !case["first_eos_index"].is_null();
+            assert_eq!(got.finish_reason.as_deref(), Some(if stopped { "stop" } else { "length" }));
+        }
+        for v in g["decode_vectors"].as_array().unwrap() {
+            let tokens = ids(&v["ids"]);
+            assert_eq!(b.tokenizer().decode(&tokens).unwrap(), v["raw"].as_str().unwrap());
+            assert_eq!(
+                vlm_core::tokenizer::clean_up_tokenization(v["raw"].as_str().unwrap()),
+                v["cleaned"].as_str().unwrap()
+            );
+            assert_eq!(b.decode(&tokens).unwrap(), v["cleaned_stripped"].as_str().unwrap());
+        }
+    }
+}
+
+#[test]
+fn the_golden_left_padded_batch_matches_transformers() {
+    for checkpoint in CHECKPOINTS {
+        let b = load(checkpoint);
+        let g = golden(checkpoint);
+        let rows = g["batch"]["rows"].as_array().unwrap();
+        let mut prompts = Vec::new();
+        let cases = g["cases"].as_array().unwrap();
+        for row in rows {
+            // The row's prompt text is its case's (same image and prompt id).
+            let case = cases.iter().find(|c| c["image"] == row["image"] && c["prompt_id"] == row["prompt_id"]).unwrap();
+            let (got_ids, images) = b.prepare(&case_request(case, 24)).unwrap();
+            let pad = row["num_pad"].as_u64().unwrap() as usize;
+            assert_eq!(got_ids, ids(&row["input_ids"])[pad..].to_vec(), "{checkpoint}: unpadded ids");
+            let refs: Vec<&ProcessedImage> = images.iter().collect();
+            let p = b.model().prompt(&got_ids, &refs).unwrap();
+            for (r, want) in row["position_ids"].as_array().unwrap().iter().enumerate() {
+                let got: Vec<u32> = p.positions.iter().map(|x| x[r]).collect();
+                assert_eq!(got, ids(want)[pad..].to_vec(), "{checkpoint}: position_ids row {r}");
+            }
+            prompts.push(p);
+        }
+        let longest = prompts.iter().map(|p| p.embeds.dim(1).unwrap()).max().unwrap();
+        for (p, row) in prompts.iter().zip(rows) {
+            assert_eq!((longest - p.embeds.dim(1).unwrap()) as u64, row["num_pad"].as_u64().unwrap());
+        }
+        let (first, tokens) = b.model().greedy_prompts(&prompts, &vec![24; rows.len()], &[], 1.0).unwrap();
+        let first: Vec<Vec<f32>> = first.to_vec2().unwrap();
+        let mut parity = Parity::new(checkpoint);
+        for ((row, logits), toks) in rows.iter().zip(&first).zip(&tokens) {
+            let label = (row["image"].as_str().unwrap(), "batch");
+            let npy_name = row["first_step_logits"]["npy"].as_str().unwrap();
+            parity.record(label, npy_name, logits, toks, &ids(&row["greedy_tokens"]));
+        }
+        parity.check();
+    }
+}
+
+#[test]
+fn a_batch_answers_like_one_request_at_a_time() {
+    let b = load("qwen2vl");
+    let g = golden("qwen2vl");
+    // Every golden case (different images, grids and prompt lengths), budgets 8, 16 and 24.
+    let reqs: Vec<GenerateRequest> = g["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut r = case_request(c, 8 + (i as u32 % 3) * 8);
+            r.id = i.to_string();
+            r
+        })
+        .collect();
+    let batched = b.generate(reqs.clone());
+    assert_eq!(batched.len(), reqs.len());
+    for (req, got) in reqs.iter().zip(batched) {
+        assert_eq!(got.unwrap(), b.generate_one(req).unwrap(), "item {} batched vs alone", req.id);
+    }
+}
+
+/// A PNG whose header claims `w` x `h` pixels (only the header is read before refusing it).
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image::RgbImage::new(1, 1).write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+    bytes[16..20].copy_from_slice(&w.to_be_bytes());
+    bytes[20..24].copy_from_slice(&h.to_be_bytes());
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in &bytes[12..29] {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    bytes[29..33].copy_from_slice(&(!c).to_be_bytes());
+    bytes
+}
+
+fn temp_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("candle-qwen2vl-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn a_bad_item_in_a_batch_fails_alone_with_a_typed_error_naming_it() {
+    let fx = fixtures();
+    let dir = temp_dir();
+    let corrupt = dir.join("corrupt.png");
+    std::fs::write(&corrupt, b"\x89PNG not really").unwrap();
+    let needle = dir.join("needle.png");
+    image::RgbImage::new(402, 2).save(&needle).unwrap();
+    let huge = dir.join("huge.png");
+    std::fs::write(&huge, png_claiming(60_000, 60_000)).unwrap();
+    let b = load("qwen2vl");
+    let good = request("1", "What is this?", &fx.join("images/mult28.png"), 4);
+    let out = b.generate(vec![
+        good.clone(),
+        request("2", "What is this?", &corrupt, 4),
+        request("3", "What is this?", &dir.join("absent.png"), 4),
+        request("4", "What is this?", &needle, 4),
+        request("5", "What is this?", &huge, 4),
+        request("6", &"word ".repeat(40_000), &fx.join("images/mult28.png"), 4),
+    ]);
+    assert_eq!(out[0].as_ref().unwrap(), &b.generate_one(&good).unwrap());
+    let expected = [(1, "corrupt.png"), (2, "absent.png"), (3, "aspect ratio"), (4, "60000x60000"), (5, "context")];
+    assert!(out[5].as_ref().unwrap_err().message.contains("mult28.png"));
+    for (k, what) in expected {
+        let e = out[k].as_ref().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest, "{e}");
+        assert!(e.message.contains(&format!("item {}", k + 1)) && e.message.contains(what), "{e}");
+    }
+    assert!(out[3].as_ref().unwrap_err().message.contains("needle.png"));
+    assert!(out[4].as_ref().unwrap_err().message.contains("huge.png"));
+}
+
+#[test]
+fn bad_configurations_are_named_at_load() {
+    let fx = fixtures();
+    let mut cfg = backend_config("qwen2vl");
+    cfg.arch = "llava_hf".into();
+    assert_eq!(CandleQwen2Vl::create(cfg).err().unwrap().kind, ErrorKind::Unsupported);
+    let mut cfg = backend_config("qwen2vl");
+    cfg.dtype = Some("bf16".into());
+    let e = CandleQwen2Vl::create(cfg).err().unwrap();
+    assert!(e.message.contains("bf16") && e.message.contains("cuda"), "{e}");
+    let mut cfg = backend_config("qwen2vl");
+    cfg.checkpoint = Some("checkpoints/llava_hf".into());
+    let e = CandleQwen2Vl::create(cfg).err().unwrap();
+    assert_eq!(e.kind, ErrorKind::BadConfig);
+    assert!(e.message.contains("config.json") && e.message.contains("qwen2_vl"), "{e}");
+    // A checkpoint missing a piece names it.
+    for (missing, named) in [("model.safetensors", "no weights"), ("tokenizer.json", "tokenizer.json")] {
+        let dir = temp_dir().join(format!("no-{missing}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in std::fs::read_dir(fx.join("checkpoints/qwen2vl")).unwrap() {
+            let f = f.unwrap().path();
+            if f.file_name().unwrap() != missing {
+                std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+        let mut cfg = backend_config("qwen2vl");
+        cfg.checkpoint = Some(dir.display().to_string());
+        let e = CandleQwen2Vl::create(cfg).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::BadConfig, "{e}");
+        assert!(e.message.contains(named), "{missing}: {e}");
+    }
+}
+
+#[test]
+fn f16_runs_close_to_the_f32_goldens() {
+    let mut cfg = backend_config("qwen2vl");
+    cfg.dtype = Some("f16".into());
+    let b = CandleQwen2Vl::create(cfg).unwrap();
+    let g = golden("qwen2vl");
+    let mut worst = 0f32;
+    for case in g["cases"].as_array().unwrap().iter().step_by(3) {
+        let (_, images) = b.prepare(&case_request(case, 4)).unwrap();
+        let refs: Vec<&ProcessedImage> = images.iter().collect();
+        let (logits, _) = b.model().greedy(&ids(&case["input_ids"]), &refs, 1, &[]).unwrap();
+        let npy_name = case["first_step_logits"]["npy"].as_str().unwrap();
+        let want = npy::read_f32(&fixtures().join("golden/qwen2vl").join(npy_name)).unwrap();
+        let logits: Vec<f32> = logits.to_vec1().unwrap();
+        assert!(logits.iter().all(|x| x.is_finite()));
+        worst = worst.max(max_abs_diff(&logits, &want.data));
+    }
+    println!("f16: max |dlogit| vs f32 goldens {worst:.3e}");
+    assert!(worst <= 0.02, "{worst}");
+}
+
+#[test]
+fn the_backend_declares_image_then_text_for_qwen2vl() {
+    let info = CandleQwen2Vl::describe();
+    assert_eq!(info.name, "candle-qwen2vl");
+    assert_eq!(info.archs, vec!["qwen2vl".to_owned()]);
+    assert_eq!(info.max_batch, 8);
+    assert!(info.checkpoint_is_path);
+    assert_eq!(info.message_layout("qwen2vl"), vlsbench_plugin_api::MessageLayout::image_then_text());
+}
+
+#[test]
+fn the_real_chat_template_renders_the_fixture_prompts() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/checkpoints/Qwen__Qwen2-VL-7B-Instruct/variants/chat_template@db8ce50.json");
+    if !p.is_file() {
+        println!("SKIPPED: {} absent", p.display());
+        return;
+    }
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let t = vlm_core::template::ChatTemplate::new(v["chat_template"].as_str().unwrap(), Default::default()).unwrap();
+    for case in golden("qwen2vl")["cases"].as_array().unwrap() {
+        let req = case_request(case, 1);
+        assert_eq!(t.render(&req.messages).unwrap(), case["rendered_prompt"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn images_in_one_call_never_attend_to_each_other() {
+    let b = load("qwen2vl");
+    let fx = fixtures();
+    let cfg = b.processor();
+    let a = crate::processor::preprocess(&fx.join("images/mult28.png"), cfg).unwrap();
+    let c = crate::processor::preprocess(&fx.join("images/verywide.png"), cfg).unwrap();
+    let together = b.model().image_features(&[&a, &c]).unwrap().unwrap();
+    let alone_a = b.model().image_features(&[&a]).unwrap().unwrap();
+    let alone_c = b.model().image_features(&[&c]).unwrap().unwrap();
+    let apart = candle_core::Tensor::cat(&[&alone_a, &alone_c], 0).unwrap();
+    let d: f32 = (together - apart).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    assert!(d < 1e-5, "{d}");
+    // A request with two images: one <|image_pad|> run per image, in order, and an answer.
+    let req = GenerateRequest {
+        id: "two".into(),
+        messages: vec![ChatMessage::new(
+            Role::User,
+            vec![
+                ContentPart::image(fx.join("images/mult28.png")),
+                ContentPart::image(fx.join("images/verywide.png")),
+                ContentPart::text("Compare them."),
+            ],
+        )],
+        settings: GenerationSettings { max_new_tokens: Some(4), temperature: Some(0.0), top_p: Some(1.0) },
+        response_format: None,
+    };
+    let (got_ids, images) = b.prepare(&req).unwrap();
+    let n_image = got_ids.iter().filter(|&&t| t == b.model().config.image_token_id).count();
+    assert_eq!(n_image, images[0].num_tokens(2) + images[1].num_tokens(2));
+    assert!(b.generate_one(&req).is_ok());
+    // And none: a text-only request (a judge's, say) counts positions like a plain Qwen2.
+    let mut text_only = req.clone();
+    text_only.messages = vec![
+        ChatMessage::new(Role::System, vec![ContentPart::text("Be brief.")]),
+        ChatMessage::new(Role::User, vec![ContentPart::text("Hello?")]),
+    ];
+    let (got_ids, images) = b.prepare(&text_only).unwrap();
+    assert!(images.is_empty());
+    let (positions, delta) = b.model().rope_index(&got_ids, &[]).unwrap();
+    assert_eq!(delta, 0);
+    assert!(positions.iter().enumerate().all(|(i, p)| *p == [i as u32; 3]));
+    assert!(b.generate_one(&text_only).is_ok());
+}
+
+#[test]
+fn generation_stops_at_the_first_eos_and_leaves_it_out_of_the_answer() {
+    // The fixtures' greedy runs never reach their EOS; stop at a token they do produce instead.
+    let mut b = load_argmax("qwen2vl");
+    let g = golden("qwen2vl");
+    let cases = g["cases"].as_array().unwrap();
+    let tokens = ids(&cases[0]["greedy_tokens"]);
+    let stop = tokens[4];
+    let at = tokens.iter().position(|&t| t == stop).unwrap();
+    b.set_eos(vec![stop]);
+    let got = b.generate_one(&case_request(&cases[0], 24)).unwrap();
+    assert_eq!(got.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(got.tokens, Some(at as u32 + 1));
+    assert_eq!(got.text, b.decode(&tokens[..at]).unwrap());
+    // In a batch, the row that stops early and the rows that run on answer as they do alone.
+    let reqs: Vec<GenerateRequest> = cases.iter().step_by(4).map(|c| case_request(c, 24)).collect();
+    for (req, got) in reqs.iter().zip(b.generate(reqs.clone())) {
+        assert_eq!(got.unwrap(), b.generate_one(req).unwrap());
+    }
+}
+
+/// What the reference harness records: transformers' `generate(do_sample=False, top_p=1.0,
+/// temperature=0.0)` on top of the checkpoint's generation_config.json (EOS ids, repetition
+/// penalty 1.05), for 24 new tokens; the backend with its defaults must give the same tokens and
+/// the same cleaned, stripped answer, in both layouts.
+#[test]
+fn answers_with_the_checkpoints_defaults_equal_the_reference_harnesss_generate() {
+    let mut table = String::from("checkpoint          image          prompt     tokens equal  answer equal\n");
+    let mut all = true;
+    for checkpoint in CHECKPOINTS {
+        let b = load(checkpoint);
+        for case in golden(checkpoint)["cases"].as_array().unwrap() {
+            let reference = &case["reference_generate"];
+            assert_eq!(reference["repetition_penalty"].as_f64().unwrap() as f32, b.repetition_penalty());
+            let input_ids = ids(&case["input_ids"]);
+            let (_, images) = b.prepare(&case_request(case, 24)).unwrap();
+            let refs: Vec<&ProcessedImage> = images.iter().collect();
+            let prompt = b.model().prompt(&input_ids, &refs).unwrap();
+            let tokens = b.model().greedy_batch(&[prompt], &[24], b.eos(), b.repetition_penalty()).unwrap().remove(0);
+            let answer = b.generate_one(&case_request(case, 24)).unwrap().text;
+            let tokens_equal = tokens == ids(&reference["tokens"]);
+            let answer_equal = answer == reference["answer"].as_str().unwrap();
+            all &= tokens_equal && answer_equal;
+            let image = case["image"].as_str().unwrap().trim_start_matches("images/");
+            table += &format!(
+                "{checkpoint:<19} {image:<14} {:<10} {tokens_equal:<13} {answer_equal}\n",
+                case["prompt_id"].as_str().unwrap()
+            );
+        }
+    }
+    println!("{table}");
+    assert!(all, "{table}");
+}
+
+#[test]
+fn the_checkpoints_repetition_penalty_applies_to_the_prompt_and_the_answer() {
+    // generation_config.json says 1.05, and the reference's generate(do_sample=False) keeps it.
+    let b = load("qwen2vl");
+    assert_eq!(b.repetition_penalty(), 1.05);
+    let mut changed = 0;
+    for case in golden("qwen2vl")["cases"].as_array().unwrap() {
+        // The first token: the argmax of transformers' logits penalised over the prompt's ids.
+        let input_ids = ids(&case["input_ids"]);
+        let npy_name = case["first_step_logits"]["npy"].as_str().unwrap();
+        let logits = npy::read_f32(&fixtures().join("golden/qwen2vl").join(npy_name)).unwrap().data;
+        let mut penalised = logits.clone();
+        let mut seen = std::collections::HashSet::new();
+        for &t in &input_ids {
+            if seen.insert(t) {
+                let s = penalised[t as usize];
+                penalised[t as usize] = if s < 0.0 { s * 1.05 } else { s / 1.05 };
+            }
+        }
+        let argmax =
+            |v: &[f32]| v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best }) as u32;
+        let (_, images) = b.prepare(&case_request(case, 1)).unwrap();
+        let refs: Vec<&ProcessedImage> = images.iter().collect();
+        let prompt = b.model().prompt(&input_ids, &refs).unwrap();
+        let tokens = b.model().greedy_batch(std::slice::from_ref(&prompt), &[24], &[], 1.05).unwrap().remove(0);
+        assert_eq!(tokens[0], argmax(&penalised), "{}", case["image"]);
+        changed += usize::from(tokens != ids(&case["greedy_tokens"]));
+        // The backend decodes with it.
+        let answer = b.generate_one(&case_request(case, 24)).unwrap();
+        assert_eq!(answer.text, b.decode(&tokens).unwrap());
+    }
+    println!("repetition penalty 1.05 changed {changed} of 18 greedy runs");
+    assert!(changed > 0, "the fixtures should show the penalty at work");
+    let mut cfg = backend_config("qwen2vl");
+    cfg.options = serde_json::json!({"repetition_penalty": "high"});
+    let e = CandleQwen2Vl::create(cfg).err().unwrap();
+    assert!(e.message.contains("options.repetition_penalty"), "{e}");
+    let mut cfg = backend_config("qwen2vl");
+    cfg.options = serde_json::json!({"vision_tower": "x"});
+    assert!(CandleQwen2Vl::create(cfg).err().unwrap().message.contains("options.vision_tower"));
+}
