@@ -330,8 +330,10 @@ fn measure(cmd: &mut Command) -> anyhow::Result<Measure> {
 struct BenchFamily {
     /// Shown in the table.
     label: &'static str,
-    /// Our crate, whose `bench` example is our side.
+    /// Our crate, whose example `example` is our side (named per family: examples of different
+    /// crates share one output folder).
     crate_name: &'static str,
+    example: &'static str,
     /// Our side's name in the table.
     ours: &'static str,
     /// transformers' side.
@@ -345,6 +347,7 @@ struct BenchFamily {
 const LLAVA_BENCH: BenchFamily = BenchFamily {
     label: "LLaVA-1.5 shape, ~100M parameters (336 px, patch 14, 32,064-token vocabulary)",
     crate_name: "vlsbench-backend-candle-llava",
+    example: "bench_llava",
     ours: "candle-llava",
     script: "tests/fixtures/bench_llava.py",
     checkpoint_flag: "--bench-checkpoint",
@@ -355,6 +358,7 @@ const LLAVA_BENCH: BenchFamily = BenchFamily {
 const QWEN2VL_BENCH: BenchFamily = BenchFamily {
     label: "Qwen2-VL shape, ~98.5M parameters (patch 14, merge 2, M-RoPE, 32,064-token vocabulary)",
     crate_name: "vlsbench-backend-candle-qwen2vl",
+    example: "bench_qwen2vl",
     ours: "candle-qwen2vl",
     script: "tests/fixtures/bench_qwen2vl.py",
     checkpoint_flag: "--bench-checkpoint-qwen2vl",
@@ -397,8 +401,8 @@ fn bench_family(family: &BenchFamily, args: &[String]) -> anyhow::Result<()> {
     if !ck.join("config.json").is_file() {
         run(Command::new(&py).arg("tests/fixtures/make_fixtures.py").arg(family.checkpoint_flag).arg(&ck))?;
     }
-    run(cargo().args(["build", "--release", "-p", family.crate_name, "--example", "bench"]))?;
-    let ours_bin = Path::new("target/release/examples/bench");
+    run(cargo().args(["build", "--release", "-p", family.crate_name, "--example", family.example]))?;
+    let ours_bin = Path::new("target/release/examples").join(family.example);
     let prompt = "What is the person in this picture about to do, and how could they do it more effectively?";
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut rows = Vec::new();
@@ -414,7 +418,7 @@ fn bench_family(family: &BenchFamily, args: &[String]) -> anyhow::Result<()> {
                 c.args(["--image", i]);
             }
         };
-        let mut ours = Command::new(ours_bin);
+        let mut ours = Command::new(&ours_bin);
         common(&mut ours);
         let mut theirs = Command::new(&py);
         theirs.arg(family.script);

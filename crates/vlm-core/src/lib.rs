@@ -14,11 +14,16 @@
 //!   steps, activations.
 //! - [`kv`]: the KV cache written in place, left padding and its attention mask.
 //! - [`greedy`]: the batched greedy loop (argmax, EOS, per-row budgets).
+//! - [`batch`]: a backend's `generate`: items prepared alone, decoded `max_batch` at a time,
+//!   answers finished (EOS left out, stripped as Python strips).
+//! - [`bench`]: our side of `cargo xtask bench <family>` (command line, timings, JSON line).
 //! - [`error`]: the model error every stage returns.
 //! - [`npy`]: reads the goldens' `.npy` files (tests and tools).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod batch;
+pub mod bench;
 pub mod error;
 pub mod greedy;
 pub mod image;

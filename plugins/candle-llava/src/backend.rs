@@ -19,7 +19,7 @@ use crate::conversation::{self, PromptToken};
 use crate::image_proc;
 use crate::model::{Llava, PixelInput};
 use crate::original::{self, OriginalCheckpoint};
-use vlm_core::ModelError;
+use vlm_core::batch::{finish_generation, generate_in_batches};
 use vlm_core::request::{check_dtype_on_device, image_paths, model_error, parse_device, parse_dtype, question};
 use vlm_core::sentencepiece::SlowLlamaTokenizer;
 use vlm_core::template::ChatTemplate;
@@ -309,51 +309,15 @@ impl CandleLlava {
         Ok((embeds, max_new.min(room)))
     }
 
-    /// The answer for tokens generated for `item`.
-    fn finish(&self, item: &str, mut tokens: Vec<u32>) -> Result<Generation, BackendError> {
-        let stopped = tokens.last().is_some_and(|t| self.eos.contains(t));
-        if stopped {
-            tokens.pop();
-        }
-        let n = tokens.len() as u32 + stopped as u32;
-        let text = self.decode(&tokens).map_err(|e| BackendError::model_failure(format!("item {item}: {e}")))?;
-        Ok(Generation {
-            text: text.trim().to_owned(),
-            finish_reason: Some(if stopped { "stop" } else { "length" }.into()),
-            tokens: Some(n),
-        })
-    }
-
     /// Greedy answers for several requests, decoded together [`MAX_BATCH`] at a time.
     pub fn generate_batch(&self, requests: &[GenerateRequest]) -> Vec<Result<Generation, BackendError>> {
-        let mut results: Vec<Option<Result<Generation, BackendError>>> = requests.iter().map(|_| None).collect();
-        let mut ready = Vec::new();
-        for (k, req) in requests.iter().enumerate() {
-            match self.embed_request(req) {
-                Ok((embeds, budget)) => ready.push((k, embeds, budget)),
-                Err(e) => results[k] = Some(Err(e)),
-            }
-        }
-        for chunk in ready.chunks(MAX_BATCH) {
-            let embeds: Vec<Tensor> = chunk.iter().map(|(_, e, _)| e.clone()).collect();
-            let budgets: Vec<usize> = chunk.iter().map(|(_, _, b)| *b).collect();
-            match self.model.greedy_batch(&embeds, &budgets, &self.eos) {
-                Ok(outs) => {
-                    for ((k, _, _), tokens) in chunk.iter().zip(outs) {
-                        results[*k] = Some(self.finish(&requests[*k].id, tokens));
-                    }
-                }
-                Err(e) => {
-                    for (k, _, _) in chunk {
-                        results[*k] = Some(Err(model_error(&requests[*k].id, ModelError::duplicate(&e))));
-                    }
-                }
-            }
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(BackendError::model_failure("request left unanswered"))))
-            .collect()
+        generate_in_batches(
+            requests,
+            MAX_BATCH,
+            |req| self.embed_request(req),
+            |embeds, budgets| self.model.greedy_batch(&embeds, budgets, &self.eos),
+            |req, tokens| finish_generation(&req.id, tokens, &self.eos, |t| self.decode(t)),
+        )
     }
 
     /// One request alone.

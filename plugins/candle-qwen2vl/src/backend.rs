@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
+use vlm_core::batch::{finish_generation, generate_in_batches};
 use vlm_core::request::{check_dtype_on_device, image_paths, model_error, parse_device, parse_dtype};
 use vlm_core::template::ChatTemplate;
 use vlm_core::tokenizer::{PromptTokenizer, clean_up_tokenization, expand_image_tokens, python_strip};
@@ -122,46 +123,15 @@ impl CandleQwen2Vl {
         Ok(python_strip(&clean_up_tokenization(&raw)).to_owned())
     }
 
-    fn finish(&self, item: &str, mut tokens: Vec<u32>) -> Result<Generation, BackendError> {
-        let stopped = tokens.last().is_some_and(|t| self.eos.contains(t));
-        if stopped {
-            tokens.pop();
-        }
-        let n = tokens.len() as u32 + stopped as u32;
-        let text = self.decode(&tokens).map_err(|e| BackendError::model_failure(format!("item {item}: {e}")))?;
-        Ok(Generation { text, finish_reason: Some(if stopped { "stop" } else { "length" }.into()), tokens: Some(n) })
-    }
-
     /// Greedy answers for several requests, decoded together [`MAX_BATCH`] at a time.
     pub fn generate_batch(&self, requests: &[GenerateRequest]) -> Vec<Result<Generation, BackendError>> {
-        let mut results: Vec<Option<Result<Generation, BackendError>>> = requests.iter().map(|_| None).collect();
-        let mut ready = Vec::new();
-        for (k, req) in requests.iter().enumerate() {
-            match self.embed_request(req) {
-                Ok((prompt, budget)) => ready.push((k, prompt, budget)),
-                Err(e) => results[k] = Some(Err(e)),
-            }
-        }
-        for chunk in ready.chunks(MAX_BATCH) {
-            let prompts: Vec<Prompt> = chunk.iter().map(|(_, p, _)| p.clone()).collect();
-            let budgets: Vec<usize> = chunk.iter().map(|(_, _, b)| *b).collect();
-            match self.model.greedy_batch(&prompts, &budgets, &self.eos, self.repetition_penalty) {
-                Ok(outs) => {
-                    for ((k, _, _), tokens) in chunk.iter().zip(outs) {
-                        results[*k] = Some(self.finish(&requests[*k].id, tokens));
-                    }
-                }
-                Err(e) => {
-                    for (k, _, _) in chunk {
-                        results[*k] = Some(Err(model_error(&requests[*k].id, e.duplicate())));
-                    }
-                }
-            }
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(BackendError::model_failure("request left unanswered"))))
-            .collect()
+        generate_in_batches(
+            requests,
+            MAX_BATCH,
+            |req| self.embed_request(req),
+            |prompts, budgets| self.model.greedy_batch(&prompts, budgets, &self.eos, self.repetition_penalty),
+            |req, tokens| finish_generation(&req.id, tokens, &self.eos, |t| self.decode(t)),
+        )
     }
 
     /// One request alone.
