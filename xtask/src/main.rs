@@ -6,7 +6,7 @@
 //! - `cargo xtask test`            build, then `cargo test --workspace`
 //! - `cargo xtask demo`            build, then run `examples/demo/demo.toml` offline
 //! - `cargo xtask bench api [--delay-ms 100] [--concurrency 64] [--items N]`
-//! - `cargo xtask bench llava|qwen2vl [--dtype f32|f16] [--max-batch 8] [--new-tokens 128]` (needs
+//! - `cargo xtask bench llava|qwen2vl|mllama [--dtype f32|f16] [--max-batch 8] [--new-tokens 128]` (needs
 //!   Python): our backend against transformers on one random checkpoint, with the processor named
 //! - `cargo xtask fixtures [--check]`  regenerate (or check) the parity fixtures (needs Python)
 
@@ -23,6 +23,7 @@ const NATIVE: &[&str] = &[
     "vlsbench-backend-answers-file",
     "vlsbench-backend-candle-llava",
     "vlsbench-backend-candle-qwen2vl",
+    "vlsbench-backend-candle-mllama",
     "vlsbench-fixture-wrong-abi-backend",
     "vlsbench-fixture-echo-backend",
 ];
@@ -42,15 +43,16 @@ fn main() -> anyhow::Result<()> {
             Some("api") => bench_api(&args[2..]),
             Some("llava") => bench_family(&LLAVA_BENCH, &args[2..]),
             Some("qwen2vl") => bench_family(&QWEN2VL_BENCH, &args[2..]),
+            Some("mllama") => bench_family(&MLLAMA_BENCH, &args[2..]),
             _ => bail!(
                 "usage: cargo xtask bench api [--delay-ms MS] [--concurrency N] [--items N]\n       \
-                 cargo xtask bench llava|qwen2vl [--dtype f32|f16] [--max-batch N] [--new-tokens N]"
+                 cargo xtask bench llava|qwen2vl|mllama [--dtype f32|f16] [--max-batch N] [--new-tokens N]"
             ),
         },
         Some("fixtures") => fixtures(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build [--release] | test | demo | fixtures [--check] | bench api|llava|qwen2vl>"
+                "usage: cargo xtask <build [--release] | test | demo | fixtures [--check] | bench api|llava|qwen2vl|mllama>"
             );
             std::process::exit(2);
         }
@@ -363,6 +365,17 @@ const QWEN2VL_BENCH: BenchFamily = BenchFamily {
     script: "tests/fixtures/bench_qwen2vl.py",
     checkpoint_flag: "--bench-checkpoint-qwen2vl",
     folder: "target/bench-qwen2vl",
+    images: &["tests/fixtures/images/wide.png", "tests/fixtures/images/tall.png", "tests/fixtures/images/square.png"],
+};
+
+const MLLAMA_BENCH: BenchFamily = BenchFamily {
+    label: "Llama 3.2 Vision shape, ~103M parameters (tile 224, patch 14, cross-attention, 32,000-token vocabulary)",
+    crate_name: "vlsbench-backend-candle-mllama",
+    example: "bench_mllama",
+    ours: "candle-mllama",
+    script: "tests/fixtures/bench_mllama.py",
+    checkpoint_flag: "--bench-checkpoint-mllama",
+    folder: "target/bench-mllama",
     images: &["tests/fixtures/images/wide.png", "tests/fixtures/images/tall.png", "tests/fixtures/images/square.png"],
 };
 

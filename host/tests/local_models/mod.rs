@@ -1,4 +1,4 @@
-//! Local models through the real host: the candle-llava and candle-qwen2vl backends
+//! Local models through the real host: the candle-llava, candle-qwen2vl and candle-mllama backends
 //! (`libvlsbench_backend_candle_*.so`) loaded by `vlsbench-host run` on the tiny random-weight
 //! checkpoints under `tests/fixtures/`, each answer compared with what transformers generated
 //! greedily for the same image and question (`tests/fixtures/golden/<checkpoint>/golden.json`,
@@ -55,7 +55,11 @@ fn local_manifest(ds: &Dataset, arch: &str, checkpoint: &Path, out: &Path, name:
 
 /// The backend that serves each local arch.
 fn backend_for(arch: &str) -> &'static str {
-    if arch == "qwen2vl" { "candle-qwen2vl" } else { "candle-llava" }
+    match arch {
+        "qwen2vl" => "candle-qwen2vl",
+        "mllama" => "candle-mllama",
+        _ => "candle-llava",
+    }
 }
 
 /// Runs every golden case of `checkpoint` through the host as arch `arch` and compares answers.
@@ -144,6 +148,16 @@ fn qwen2vl_in_the_2024_on_disk_layout_answers_like_transformers() {
 }
 
 #[test]
+fn mllama_answers_through_the_host_equal_transformers_greedy_answers() {
+    answers_equal_transformers("mllama", "mllama", None);
+}
+
+#[test]
+fn mllama_in_the_2024_on_disk_layout_answers_like_transformers() {
+    answers_equal_transformers("mllama", "mllama_old_layout", None);
+}
+
+#[test]
 fn a_missing_vision_tower_folder_is_named_before_anything_loads() {
     require_built();
     let tmp = tempdir();
@@ -182,6 +196,7 @@ fn every_local_arch_has_an_example_manifest_whose_missing_paths_validate_names()
         ("llava-next.toml", "llava_next", "/path/to/llama3-llava-next-8b-hf"),
         ("llava.toml", "llava", "/path/to/llava-v1.5-7b"),
         ("qwen2vl.toml", "qwen2vl", "/path/to/Qwen2-VL-7B-Instruct"),
+        ("mllama.toml", "mllama", "/path/to/Llama-3.2-11B-Vision-Instruct"),
     ] {
         // As shipped: the dataset root is the first placeholder named.
         let shipped = workspace().join("examples").join(example);

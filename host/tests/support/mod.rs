@@ -52,6 +52,9 @@ pub fn candle_llava_backend() -> PathBuf {
 pub fn candle_qwen2vl_backend() -> PathBuf {
     plugin_dir().join("libvlsbench_backend_candle_qwen2vl.so")
 }
+pub fn candle_mllama_backend() -> PathBuf {
+    plugin_dir().join("libvlsbench_backend_candle_mllama.so")
+}
 pub fn wrong_abi_backend() -> PathBuf {
     plugin_dir().join("libvlsbench_fixture_wrong_abi_backend.so")
 }
@@ -75,6 +78,7 @@ pub fn require_built() {
         answers_file_backend(),
         candle_llava_backend(),
         candle_qwen2vl_backend(),
+        candle_mllama_backend(),
         wrong_abi_backend(),
         echo_backend(),
         vlsbench_judge(),
