@@ -12,6 +12,8 @@
 //!   prefixes, named missing weights.
 //! - [`kernels`]: linear layers over any leading dimensions, a threaded f32 GEMV for decode
 //!   steps, activations.
+//! - [`attention`]: f32 attention in blocks of query rows (bounded memory for large images) and
+//!   `repeat_kv` for grouped-query heads.
 //! - [`kv`]: the KV cache written in place, left padding and its attention mask.
 //! - [`greedy`]: the batched greedy loop (argmax, EOS, per-row budgets).
 //! - [`batch`]: a backend's `generate`: items prepared alone, decoded `max_batch` at a time,
@@ -22,6 +24,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod attention;
 pub mod batch;
 pub mod bench;
 pub mod error;

@@ -7,6 +7,7 @@
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+use vlm_core::attention::repeat_kv;
 use vlm_core::kernels::dense;
 use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask, padded_positions};
 use vlm_core::weights::{linear, need};
@@ -59,8 +60,8 @@ impl Attention {
             (k, v)
         } else {
             (
-                candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?,
-                candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?,
+                repeat_kv(k, rep)?.contiguous()?,
+                repeat_kv(v, rep)?.contiguous()?,
             )
         };
         let in_dtype = q.dtype();

@@ -10,11 +10,11 @@
 //! - [`text`]: the Llama 3 decoder with gated cross-attention layers and llama3 RoPE.
 //! - [`model`]: `MllamaForConditionalGeneration`: greedy decoding one prompt or a left-padded batch.
 //! - [`backend`]: the vlsbench `Backend` (chat template and tokenizer from `vlm_core`).
-//! - [`attention`]: attention in blocks of query rows (bounded memory for four tiles).
+//!
+//! Attention in blocks of query rows (bounded memory for four tiles) is `vlm_core::attention`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod attention;
 pub mod backend;
 pub mod config;
 pub mod model;

@@ -24,7 +24,7 @@ use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask, padded_positions};
 use vlm_core::weights::{linear, need};
 use vlm_core::{ModelError, Result};
 
-use crate::attention::{attention, repeat_kv};
+use vlm_core::attention::{attention, repeat_kv};
 use crate::config::TextConfig;
 
 fn rms_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<RmsNorm> {

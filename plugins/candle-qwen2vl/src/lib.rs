@@ -9,11 +9,11 @@
 //! - [`model`]: `Qwen2VLForConditionalGeneration`: image features over the `<|image_pad|>`
 //!   positions, greedy decoding one prompt or a left-padded batch.
 //! - [`backend`]: the vlsbench `Backend` (chat template and tokenizer from `vlm_core`).
-//! - [`attention`]: attention in blocks of query rows (bounded memory for large images).
+//!
+//! Attention in blocks of query rows (bounded memory for large images) is `vlm_core::attention`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod attention;
 pub mod backend;
 pub mod config;
 pub mod model;

@@ -20,7 +20,7 @@ use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask};
 use vlm_core::weights::{linear, need};
 use vlm_core::{ModelError, Result};
 
-use crate::attention::{attention, repeat_kv};
+use vlm_core::attention::{attention, repeat_kv};
 use crate::config::TextConfig;
 
 /// Three position ids (temporal, height, width) per token.

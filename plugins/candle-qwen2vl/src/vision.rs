@@ -17,7 +17,7 @@ use vlm_core::kernels::{act, dense};
 use vlm_core::weights::{linear, need};
 use vlm_core::{ModelError, Result};
 
-use crate::attention::attention;
+use vlm_core::attention::attention;
 use crate::config::VisionConfig;
 
 /// The vision LayerNorms' epsilon (hard-coded in transformers).

@@ -1,8 +1,9 @@
 //! Scaled dot-product attention in f32, computed in blocks of query rows so that the score matrix
-//! never exceeds [`SCORE_BUDGET`] floats: a large image has tens of thousands of patches, and one
-//! (heads, n, n) matrix for it would not fit in memory. Each query row's softmax is independent of
-//! the others', so the blocks give exactly what one product gives. Also `repeat_kv` for
-//! grouped-query heads. (Candidates for `vlm_core::kernels`.)
+//! never exceeds [`SCORE_BUDGET`] floats: a large image has tens of thousands of patches (Qwen2-VL),
+//! and the Llama 3.2 Vision encoder's global attention over four tiles is 6,432 x 6,432 per head,
+//! so one (heads, n, n) matrix would not fit in memory. Each query row's softmax is independent of
+//! the others', so the blocks give exactly what one product gives. Also [`repeat_kv`] for
+//! grouped-query heads.
 
 use candle_core::{DType, Tensor};
 
@@ -71,7 +72,7 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (1, 2, 37, 8), &dev).unwrap();
         let k = Tensor::randn(0f32, 1.0, (1, 2, 37, 8), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (1, 2, 37, 8), &dev).unwrap();
-        let mask = vlm_core::kv::padded_causal_mask(&[3], 0, 37, DType::F32, &dev).unwrap();
+        let mask = crate::kv::padded_causal_mask(&[3], 0, 37, DType::F32, &dev).unwrap();
         let whole = {
             let att = (q.matmul(&k.t().unwrap()).unwrap() * 0.5).unwrap().broadcast_add(&mask).unwrap();
             candle_nn::ops::softmax_last_dim(&att).unwrap().matmul(&v).unwrap()
