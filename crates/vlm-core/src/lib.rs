@@ -2,9 +2,10 @@
 //!
 //! - [`request`]: a request's images and text, the manifest's `dtype` and `device`.
 //! - [`image`]: opening an image the way each reference loader does ([`image::ImageLoader`]:
-//!   alpha dropped, or composited onto white as `qwen_vl_utils` does), with a pixel limit.
-//! - [`resize`]: Pillow's bicubic resize, bit for bit (Pillow 13's pass order included), and
-//!   rescale + normalise to channels-first f32.
+//!   alpha dropped, or composited onto white as `qwen_vl_utils` does), with a pixel limit; rescale
+//!   + normalise to channels-first f32.
+//! - [`resize`]: Pillow's resize, bit for bit, with the bicubic or bilinear filter (Pillow 13's
+//!   pass order included).
 //! - [`template`]: the checkpoint's chat template rendered as transformers renders it.
 //! - [`tokenizer`]: `tokenizer.json`, image-token expansion, decoding with transformers'
 //!   clean-up pass, Python's `strip`; [`sentencepiece`]: SentencePiece and the slow Llama tokenizer.

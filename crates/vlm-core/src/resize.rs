@@ -1,25 +1,57 @@
-//! Pillow's bicubic resize (`Image.resize(size, Image.BICUBIC)`, libImaging/Resample.c)
-//! reproduced bit for bit: the fixed-point separable resampler, two passes each rounded to 8 bits,
-//! in the order Pillow 13 picks ([`pillow_vertical_first`]). Every processor of every arch resizes
-//! through it.
+//! Pillow's resize (`Image.resize(size, filter)`, libImaging/Resample.c) reproduced bit for bit
+//! for the filters our processors use ([`Filter`]: bicubic, bilinear): the fixed-point separable
+//! resampler (coefficients normalised in f64, rounded to 22 fractional bits, each pass rounded to
+//! 8 bits), in the order Pillow 13 picks ([`pillow_vertical_first`]). Every processor of every arch
+//! resizes through it.
 
 use crate::image::Rgb8;
 
 // ---------------------------------------------------------------------------------------------
-// Pillow's resampler (libImaging/Resample.c), 8 bits per channel, bicubic (a = -0.5).
+// Pillow's resampler (libImaging/Resample.c), 8 bits per channel.
 // ---------------------------------------------------------------------------------------------
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-fn bicubic_filter(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * A
-    } else {
-        0.0
+/// A Pillow resampling filter (Resample.c's `struct filter`: the function and its support).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    /// `PIL.Image.BICUBIC` (3): the cubic convolution with a = -0.5, support 2.
+    Bicubic,
+    /// `PIL.Image.BILINEAR` (2): the triangle, support 1.
+    Bilinear,
+}
+
+impl Filter {
+    /// The filter's support, in input pixels at scale 1 (Pillow's `bicubic` 2.0, `bilinear` 1.0).
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bicubic => 2.0,
+            Filter::Bilinear => 1.0,
+        }
+    }
+
+    /// The filter at `x` (Pillow's `bicubic_filter`, `bilinear_filter`).
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Filter::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+            Filter::Bilinear => {
+                if x < 1.0 {
+                    1.0 - x
+                } else {
+                    0.0
+                }
+            }
+        }
     }
 }
 
@@ -30,11 +62,11 @@ struct Coeffs {
     kk: Vec<i32>,
 }
 
-fn precompute_coeffs(in_size: usize, in0: f64, in1: f64, out_size: usize) -> Coeffs {
-    const SUPPORT: f64 = 2.0;
+/// `precompute_coeffs` of Resample.c.
+fn precompute_coeffs(filter: Filter, in_size: usize, in0: f64, in1: f64, out_size: usize) -> Coeffs {
     let scale = (in1 - in0) / out_size as f64;
     let filterscale = if scale < 1.0 { 1.0 } else { scale };
-    let support = SUPPORT * filterscale;
+    let support = filter.support() * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
     let mut prekk = vec![0f64; out_size * ksize];
     let mut bounds = Vec::with_capacity(out_size);
@@ -55,7 +87,7 @@ fn precompute_coeffs(in_size: usize, in0: f64, in1: f64, out_size: usize) -> Coe
         let k = &mut prekk[xx * ksize..(xx + 1) * ksize];
         let mut ww = 0.0;
         for (x, kx) in k.iter_mut().enumerate().take(xmax) {
-            let w = bicubic_filter((x as f64 + xmin as f64 - center + 0.5) * ss);
+            let w = filter.weight((x as f64 + xmin as f64 - center + 0.5) * ss);
             *kx = w;
             ww += w;
         }
@@ -138,10 +170,20 @@ pub fn pillow_vertical_first(src_w: usize, src_h: usize, width: usize, height: u
 
 /// `Image.resize((width, height), Image.BICUBIC)` for an RGB image, as Pillow 13 runs it.
 pub fn resize_bicubic(src: &Rgb8, width: usize, height: usize) -> Rgb8 {
+    resize(src, width, height, Filter::Bicubic)
+}
+
+/// `Image.resize((width, height), Image.BILINEAR)` for an RGB image, as Pillow 13 runs it.
+pub fn resize_bilinear(src: &Rgb8, width: usize, height: usize) -> Rgb8 {
+    resize(src, width, height, Filter::Bilinear)
+}
+
+/// `Image.resize((width, height), filter)` for an RGB image, as Pillow 13 runs it.
+pub fn resize(src: &Rgb8, width: usize, height: usize, filter: Filter) -> Rgb8 {
     let need_h = width != src.width;
     let need_v = height != src.height;
-    let ch = precompute_coeffs(src.width, 0.0, src.width as f64, width);
-    let cv = precompute_coeffs(src.height, 0.0, src.height as f64, height);
+    let ch = precompute_coeffs(filter, src.width, 0.0, src.width as f64, width);
+    let cv = precompute_coeffs(filter, src.height, 0.0, src.height as f64, height);
     if need_h && need_v && pillow_vertical_first(src.width, src.height, width, height) {
         let tall = resample_vertical(src, height, &cv, 0);
         return resample_horizontal(&tall, width, &ch, 0, height);
@@ -194,5 +236,25 @@ mod tests {
     fn resizing_to_the_same_size_is_a_copy() {
         let img = Rgb8 { width: 2, height: 1, data: vec![1, 2, 3, 4, 5, 6] };
         assert_eq!(resize_bicubic(&img, 2, 1), img);
+    }
+
+    #[test]
+    fn bilinear_keeps_the_same_size_and_a_flat_image() {
+        let img = Rgb8 { width: 2, height: 1, data: vec![1, 2, 3, 4, 5, 6] };
+        assert_eq!(resize_bilinear(&img, 2, 1), img);
+        let flat = Rgb8 { width: 7, height: 5, data: vec![77; 7 * 5 * 3] };
+        let r = resize_bilinear(&flat, 13, 3);
+        assert_eq!((r.width, r.height), (13, 3));
+        assert!(r.data.iter().all(|&v| v == 77));
+    }
+
+    #[test]
+    fn bilinear_doubling_interpolates_between_neighbours() {
+        // Bilinear, upscaling 2 -> 4: centres at 0.25, 0.75, 1.25, 1.75 input pixels: weights
+        // (1, 0), (0.75, 0.25), (0.25, 0.75), (0, 1) after clipping at the edges.
+        let img = Rgb8 { width: 2, height: 1, data: vec![0, 0, 0, 200, 200, 200] };
+        let r = resize_bilinear(&img, 4, 1);
+        let reds: Vec<u8> = r.data.chunks(3).map(|p| p[0]).collect();
+        assert_eq!(reds, vec![0, 50, 150, 200]);
     }
 }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
+use vlm_core::resize::Filter;
 
 /// A configuration problem, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -358,22 +359,15 @@ fn vision_config(v: &Value, path: &Path) -> Result<VisionConfig, ConfigError> {
     })
 }
 
-/// The Pillow filter the image processor resizes with (`resample`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resample {
-    /// `PIL.Image.BILINEAR` (2), the Mllama default and the real checkpoint's.
-    Bilinear,
-    /// `PIL.Image.BICUBIC` (3).
-    Bicubic,
-}
-
 /// `MllamaImageProcessor`'s settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageProcessorConfig {
     /// The tile side (`size.height` = `size.width`).
     pub tile_size: usize,
     pub max_image_tiles: usize,
-    pub resample: Resample,
+    /// The Pillow filter it resizes with (`resample`: 2 = `PIL.Image.BILINEAR`, the Mllama default
+    /// and the real checkpoint's; 3 = `PIL.Image.BICUBIC`).
+    pub resample: Filter,
     pub do_rescale: bool,
     pub rescale_factor: f64,
     pub do_normalize: bool,
@@ -433,8 +427,8 @@ impl ImageProcessorConfig {
         };
         let max_image_tiles = size(v, "max_image_tiles", 4, path, ctx)?;
         let resample = match field::<i64>(v, "resample", path, ctx)?.unwrap_or(2) {
-            2 => Resample::Bilinear,
-            3 => Resample::Bicubic,
+            2 => Filter::Bilinear,
+            3 => Filter::Bicubic,
             other => {
                 return Err(invalid(
                     path,
@@ -645,7 +639,7 @@ mod tests {
             "max_image_tiles": 4, "resample": 2, "rescale_factor": 0.00392156862745098,
             "size": {"height": 560, "width": 560}});
         let c = ImageProcessorConfig::from_value(&v, Path::new("p.json"), "").unwrap();
-        assert_eq!((c.tile_size, c.max_image_tiles, c.resample), (560, 4, Resample::Bilinear));
+        assert_eq!((c.tile_size, c.max_image_tiles, c.resample), (560, 4, Filter::Bilinear));
         let hub = MllamaConfig::from_value(&hub_2024(), Path::new("config.json")).unwrap();
         c.check_against(&hub.vision).unwrap();
         let d = ImageProcessorConfig::from_value(&json!({}), Path::new("p.json"), "").unwrap();

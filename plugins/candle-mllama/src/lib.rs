@@ -3,8 +3,8 @@
 //!
 //! - [`config`]: `config.json`, the image processor, `generation_config.json`, in both layouts.
 //! - [`processor`]: `convert("RGB")` then `MllamaImageProcessor` (canvas, resize, pad, tiles,
-//!   aspect-ratio ids and mask) and the cross-attention mask from the `<|image|>` positions;
-//!   [`pillow`]: Pillow's bilinear resize, bit for bit.
+//!   aspect-ratio ids and mask, Pillow's bilinear or bicubic from `vlm_core::resize`) and the
+//!   cross-attention mask from the `<|image|>` positions.
 //! - [`vision`]: the vision encoder (local and gated global transformers, tile embeddings,
 //!   intermediate layers) and the multi-modal projector.
 //! - [`text`]: the Llama 3 decoder with gated cross-attention layers and llama3 RoPE.
@@ -18,7 +18,6 @@
 pub mod backend;
 pub mod config;
 pub mod model;
-pub mod pillow;
 pub mod processor;
 pub mod text;
 pub mod vision;

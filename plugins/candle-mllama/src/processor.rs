@@ -21,10 +21,9 @@
 use std::path::Path;
 
 use vlm_core::image::{ImageError, ImageLoader, Rgb8, to_chw_f32};
-use vlm_core::resize::resize_bicubic;
+use vlm_core::resize::resize;
 
-use crate::config::{ImageProcessorConfig, Resample};
-use crate::pillow::resize_bilinear;
+use crate::config::ImageProcessorConfig;
 
 /// `get_all_supported_aspect_ratios(max_image_tiles)`: every (a, b) with a·b ≤ max, a-major. The
 /// processor reads each pair as (tile rows, tile columns).
@@ -132,10 +131,7 @@ pub fn process_rgb(img: Rgb8, cfg: &ImageProcessorConfig) -> ProcessedImage {
     let (canvas_h, canvas_w) = optimal_tiled_canvas(img.height, img.width, cfg.max_image_tiles, tile);
     let (rows, cols) = (canvas_h / tile, canvas_w / tile);
     let (new_h, new_w) = size_fit_to_canvas(img.height, img.width, canvas_h, canvas_w, tile);
-    let resized = match cfg.resample {
-        Resample::Bilinear => resize_bilinear(&img, new_w, new_h),
-        Resample::Bicubic => resize_bicubic(&img, new_w, new_h),
-    };
+    let resized = resize(&img, new_w, new_h, cfg.resample);
     let mut padded = Rgb8 { width: canvas_w, height: canvas_h, data: vec![0; canvas_w * canvas_h * 3] };
     for y in 0..resized.height {
         let src = &resized.data[y * resized.width * 3..(y + 1) * resized.width * 3];
