@@ -1,6 +1,8 @@
 //! What every native vlsbench VLM backend shares, one concern per module, in data-flow order:
 //!
 //! - [`request`]: a request's images and text, the manifest's `dtype` and `device`.
+//! - [`config_json`]: reading a checkpoint's JSON configuration files (typed optional fields,
+//!   EOS ids, errors naming the file).
 //! - [`image`]: opening an image the way each reference loader does ([`image::ImageLoader`]:
 //!   alpha dropped, or composited onto white as `qwen_vl_utils` does), with a pixel limit; rescale
 //!   + normalise to channels-first f32.
@@ -28,6 +30,7 @@
 pub mod attention;
 pub mod batch;
 pub mod bench;
+pub mod config_json;
 pub mod error;
 pub mod greedy;
 pub mod image;

@@ -16,43 +16,13 @@
 //!   `do_pad`).
 //! - `generation_config.json`: EOS ids, one or many.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::Deserialize;
 use serde_json::Value;
 
-/// A configuration problem, naming the file.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: invalid JSON: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
-
-pub(crate) fn read_json(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
-    serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: path.to_owned(), source })
-}
-
-fn invalid(path: &Path, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { path: path.to_owned(), message: message.into() }
-}
-
-/// Reads an optional field into `T`, with a message naming the field when its type is wrong.
-pub(crate) fn field<T: for<'de> Deserialize<'de>>(
-    obj: &Value,
-    key: &str,
-    path: &Path,
-    ctx: &str,
-) -> Result<Option<T>, ConfigError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| invalid(path, format!("{ctx}{key}: {e}"))),
-    }
-}
+pub use vlm_core::config_json::ConfigError;
+pub(crate) use vlm_core::config_json::read_json;
+use vlm_core::config_json::{field, invalid, parse_ids};
 
 /// The Llama text model, with `LlamaConfig`'s defaults for missing fields.
 #[derive(Debug, Clone, PartialEq)]
@@ -213,14 +183,6 @@ fn model_type(v: &Value, path: &Path) -> Result<ModelType, ConfigError> {
     }
 }
 
-fn parse_eos(v: &Value) -> Option<Vec<u32>> {
-    match v {
-        Value::Number(n) => n.as_u64().map(|x| vec![x as u32]),
-        Value::Array(a) => a.iter().map(|x| x.as_u64().map(|x| x as u32)).collect(),
-        _ => None,
-    }
-}
-
 pub(crate) fn text_config(v: &Value, path: &Path) -> Result<TextConfig, ConfigError> {
     let ctx = "text_config.";
     if let Some(mt) = v.get("model_type").and_then(Value::as_str)
@@ -260,7 +222,7 @@ pub(crate) fn text_config(v: &Value, path: &Path) -> Result<TextConfig, ConfigEr
         return Err(invalid(path, format!("text_config.hidden_act {hidden_act:?} is not supported")));
     }
     let eos_token_ids =
-        v.get("eos_token_id").map_or(Some(vec![2]), |e| if e.is_null() { Some(vec![]) } else { parse_eos(e) });
+        v.get("eos_token_id").map_or(Some(vec![2]), |e| if e.is_null() { Some(vec![]) } else { parse_ids(e) });
     Ok(TextConfig {
         vocab_size: field(v, "vocab_size", path, ctx)?.unwrap_or(32000),
         hidden_size,
@@ -588,12 +550,14 @@ pub fn generation_eos_ids(dir: &Path) -> Result<Option<Vec<u32>>, ConfigError> {
     let v = read_json(&path)?;
     match v.get("eos_token_id") {
         None | Some(Value::Null) => Ok(None),
-        Some(e) => parse_eos(e).map(Some).ok_or_else(|| invalid(&path, "eos_token_id: not an id or a list of ids")),
+        Some(e) => parse_ids(e).map(Some).ok_or_else(|| invalid(&path, "eos_token_id: not an id or a list of ids")),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     pub(crate) fn fixtures() -> PathBuf {

@@ -59,10 +59,7 @@ impl Attention {
             // Views into the cache's buffers: the products read them in place.
             (k, v)
         } else {
-            (
-                repeat_kv(k, rep)?.contiguous()?,
-                repeat_kv(v, rep)?.contiguous()?,
-            )
+            (repeat_kv(k, rep)?.contiguous()?, repeat_kv(v, rep)?.contiguous()?)
         };
         let in_dtype = q.dtype();
         let (q, k, v) = (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);

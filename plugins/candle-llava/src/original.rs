@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use vlm_core::config_json::{field, invalid};
 use vlm_core::image::{ImageError, Rgb8};
 
 use crate::config::{self, ConfigError, ImageProcessorConfig, LlavaConfig, SelectStrategy, read_json};
@@ -44,10 +45,6 @@ pub struct OriginalCheckpoint {
     /// `image_aspect_ratio == "pad"`: pad to a square in the mean colour first.
     pub pad_to_square: bool,
     pub eos: Vec<u32>,
-}
-
-fn invalid(path: &Path, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { path: path.to_owned(), message: message.into() }
 }
 
 impl OriginalCheckpoint {
@@ -91,7 +88,7 @@ impl OriginalCheckpoint {
             o.remove("model_type");
         }
         let text = config::text_config(&llama, &path)?;
-        let layer: i64 = config::field(&v, "mm_vision_select_layer", &path, "")?.unwrap_or(-2);
+        let layer: i64 = field(&v, "mm_vision_select_layer", &path, "")?.unwrap_or(-2);
         let n_hidden = vision.num_hidden_layers as i64 + 1;
         if layer >= n_hidden || layer < -n_hidden {
             return Err(invalid(
@@ -99,18 +96,18 @@ impl OriginalCheckpoint {
                 format!("mm_vision_select_layer {layer} is out of range for {n_hidden} hidden states"),
             ));
         }
-        let select_strategy = match config::field::<String>(&v, "mm_vision_select_feature", &path, "")?.as_deref() {
+        let select_strategy = match field::<String>(&v, "mm_vision_select_feature", &path, "")?.as_deref() {
             None | Some("patch") => SelectStrategy::Default,
             Some("cls_patch") => SelectStrategy::Full,
             Some(other) => return Err(invalid(&path, format!("mm_vision_select_feature {other:?} is not supported"))),
         };
-        match config::field::<String>(&v, "mm_projector_type", &path, "")?.as_deref() {
+        match field::<String>(&v, "mm_projector_type", &path, "")?.as_deref() {
             None | Some("mlp2x_gelu") => {}
             Some(other) => {
                 return Err(invalid(&path, format!("mm_projector_type {other:?} is not supported (mlp2x_gelu only)")));
             }
         }
-        let mm_hidden: Option<usize> = config::field(&v, "mm_hidden_size", &path, "")?;
+        let mm_hidden: Option<usize> = field(&v, "mm_hidden_size", &path, "")?;
         if let Some(h) = mm_hidden
             && h != vision.hidden_size
         {
@@ -120,11 +117,11 @@ impl OriginalCheckpoint {
             ));
         }
         for flag in ["mm_use_im_start_end", "mm_use_im_patch_token"] {
-            if config::field::<bool>(&v, flag, &path, "")?.unwrap_or(false) {
+            if field::<bool>(&v, flag, &path, "")?.unwrap_or(false) {
                 return Err(invalid(&path, format!("{flag} = true is not supported (LLaVA-1.5 leaves it false)")));
             }
         }
-        let aspect: Option<String> = config::field(&v, "image_aspect_ratio", &path, "")?;
+        let aspect: Option<String> = field(&v, "image_aspect_ratio", &path, "")?;
         let pad_to_square = match aspect.as_deref() {
             Some("pad") => true,
             None | Some("square") | Some("resize") => false,
@@ -145,7 +142,7 @@ impl OriginalCheckpoint {
             multimodal_projector_bias: true,
             vision_feature_layers: vec![layer],
             select_strategy,
-            pad_token_id: config::field(&v, "pad_token_id", &path, "")?,
+            pad_token_id: field(&v, "pad_token_id", &path, "")?,
         };
         Ok(Self { dir: dir.to_owned(), config, vision_dir, image, pad_to_square, eos })
     }

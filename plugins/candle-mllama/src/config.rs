@@ -16,60 +16,10 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_json::Value;
+pub use vlm_core::config_json::{ConfigError, parse_ids, read_json};
+use vlm_core::config_json::{field, invalid, size};
 use vlm_core::resize::Filter;
-
-/// A configuration problem, naming the file.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: invalid JSON: {source}")]
-    Json { path: PathBuf, source: serde_json::Error },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
-
-pub fn read_json(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
-    serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: path.to_owned(), source })
-}
-
-fn invalid(path: &Path, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { path: path.to_owned(), message: message.into() }
-}
-
-/// An optional field as `T`; a value of the wrong type is an error naming `ctx` + `key`.
-fn field<T: for<'de> Deserialize<'de>>(
-    obj: &Value,
-    key: &str,
-    path: &Path,
-    ctx: &str,
-) -> Result<Option<T>, ConfigError> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| invalid(path, format!("{ctx}{key}: {e}"))),
-    }
-}
-
-/// A positive size field, or its default.
-fn size(obj: &Value, key: &str, default: usize, path: &Path, ctx: &str) -> Result<usize, ConfigError> {
-    let v = field::<usize>(obj, key, path, ctx)?.unwrap_or(default);
-    if v == 0 {
-        return Err(invalid(path, format!("{ctx}{key}: must be positive")));
-    }
-    Ok(v)
-}
-
-/// `eos_token_id`: one id or a list.
-pub fn parse_ids(v: &Value) -> Option<Vec<u32>> {
-    match v {
-        Value::Number(n) => n.as_u64().map(|x| vec![x as u32]),
-        Value::Array(a) => a.iter().map(|x| x.as_u64().map(|x| x as u32)).collect(),
-        _ => None,
-    }
-}
 
 /// Rotary position embedding: the default one, or Llama 3's frequency-dependent scaling.
 #[derive(Debug, Clone, PartialEq)]

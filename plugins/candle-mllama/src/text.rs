@@ -24,8 +24,8 @@ use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask, padded_positions};
 use vlm_core::weights::{linear, need};
 use vlm_core::{ModelError, Result};
 
-use vlm_core::attention::{attention, repeat_kv};
 use crate::config::TextConfig;
+use vlm_core::attention::{attention, repeat_kv};
 
 fn rms_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<RmsNorm> {
     need(&vb, "weight")?;

@@ -32,9 +32,9 @@ use vlm_core::kernels::{act, dense};
 use vlm_core::weights::{linear, need};
 use vlm_core::{ModelError, Result};
 
-use vlm_core::attention::attention;
 use crate::config::VisionConfig;
 use crate::processor::ProcessedImage;
+use vlm_core::attention::attention;
 
 fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<LayerNorm> {
     need(&vb, "weight")?;

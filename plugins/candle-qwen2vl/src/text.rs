@@ -20,8 +20,8 @@ use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask};
 use vlm_core::weights::{linear, need};
 use vlm_core::{ModelError, Result};
 
-use vlm_core::attention::{attention, repeat_kv};
 use crate::config::TextConfig;
+use vlm_core::attention::{attention, repeat_kv};
 
 /// Three position ids (temporal, height, width) per token.
 pub type Positions = Vec<[u32; 3]>;

@@ -17,8 +17,8 @@ use vlm_core::kernels::{act, dense};
 use vlm_core::weights::{linear, need};
 use vlm_core::{ModelError, Result};
 
-use vlm_core::attention::attention;
 use crate::config::VisionConfig;
+use vlm_core::attention::attention;
 
 /// The vision LayerNorms' epsilon (hard-coded in transformers).
 const LN_EPS: f64 = 1e-6;
