@@ -18,6 +18,8 @@
 //! - [`attention`]: f32 attention in blocks of query rows (bounded memory for large images) and
 //!   `repeat_kv` for grouped-query heads.
 //! - [`kv`]: the KV cache written in place, left padding and its attention mask.
+//! - [`generation`]: `generation_config.json` (EOS ids, repetition penalty, unsupported logits
+//!   processors refused) and the repetition penalty over each row's seen ids.
 //! - [`greedy`]: the batched greedy loop (argmax, EOS, per-row budgets).
 //! - [`batch`]: a backend's `generate`: items prepared alone, decoded `max_batch` at a time,
 //!   answers finished (EOS left out, stripped as Python strips).
@@ -32,6 +34,7 @@ pub mod batch;
 pub mod bench;
 pub mod config_json;
 pub mod error;
+pub mod generation;
 pub mod greedy;
 pub mod image;
 pub mod kernels;

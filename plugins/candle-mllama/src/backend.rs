@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use vlm_core::batch::{finish_generation, generate_in_batches};
+use vlm_core::generation::{GenerationDefaults, OtherProcessors};
 use vlm_core::request::{check_dtype_on_device, image_paths, model_error, parse_device, parse_dtype};
 use vlm_core::template::ChatTemplate;
 use vlm_core::tokenizer::PromptTokenizer;
@@ -22,7 +23,7 @@ use vlsbench_plugin_api::{
     Backend, BackendConfig, BackendError, BackendInfo, ChatMessage, GenerateRequest, Generation, MessageLayout,
 };
 
-use crate::config::{GenerationDefaults, ImageProcessorConfig, MllamaConfig, read_json};
+use crate::config::{ImageProcessorConfig, MllamaConfig, read_json};
 use crate::model::{Mllama, Prompt};
 use crate::processor::{self, ProcessedImage, build_string_from_input};
 
@@ -80,7 +81,7 @@ impl CandleMllama {
             }
         }
         let bos_token = bos_token(dir)?;
-        let generation = GenerationDefaults::from_dir(dir).map_err(|e| bad(&e))?;
+        let generation = GenerationDefaults::from_dir(dir, OtherProcessors::Refuse).map_err(|e| bad(&e))?;
         let eos = generation.eos_token_ids.unwrap_or_else(|| cfg.text.eos_token_ids.clone());
         let repetition_penalty = generation.repetition_penalty as f32;
         let model = Mllama::load(dir, cfg, dtype, device).map_err(|e| bad(&e))?;

@@ -437,66 +437,6 @@ impl ImageProcessorConfig {
     }
 }
 
-/// What `generate` takes from `generation_config.json` when the caller does not override it.
-/// The reference calls `generate(do_sample=False, max_new_tokens=128, top_p=1.0,
-/// temperature=0.0)`: the EOS ids and any repetition penalty still apply; `temperature`,
-/// `top_p`, `top_k` only act when sampling. Other logits processors a greedy run would keep are
-/// refused rather than ignored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerationDefaults {
-    pub eos_token_ids: Option<Vec<u32>>,
-    /// `repetition_penalty` (1.0, none, when absent).
-    pub repetition_penalty: f64,
-}
-
-impl GenerationDefaults {
-    pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
-        let path = dir.join("generation_config.json");
-        if !path.is_file() {
-            return Ok(Self { eos_token_ids: None, repetition_penalty: 1.0 });
-        }
-        Self::from_value(&read_json(&path)?, &path)
-    }
-
-    pub fn from_value(v: &Value, path: &Path) -> Result<Self, ConfigError> {
-        let eos_token_ids = match v.get("eos_token_id") {
-            None | Some(Value::Null) => None,
-            Some(e) => Some(
-                parse_ids(e)
-                    .ok_or_else(|| invalid(path, format!("eos_token_id: expected an id or a list of ids, got {e}")))?,
-            ),
-        };
-        let repetition_penalty = field::<f64>(v, "repetition_penalty", path, "")?.unwrap_or(1.0);
-        if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
-            return Err(invalid(path, format!("repetition_penalty {repetition_penalty}: must be positive")));
-        }
-        // Processors greedy decoding would apply that this backend does not implement.
-        let active = |key: &str| match v.get(key) {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-            Some(Value::Number(n)) => n.as_f64() != Some(0.0) && !(key.ends_with("penalty") && n.as_f64() == Some(1.0)),
-            Some(Value::Array(a)) => !a.is_empty(),
-            Some(_) => true,
-        };
-        for key in [
-            "no_repeat_ngram_size",
-            "encoder_repetition_penalty",
-            "min_length",
-            "min_new_tokens",
-            "bad_words_ids",
-            "suppress_tokens",
-            "begin_suppress_tokens",
-            "forced_bos_token_id",
-            "forced_eos_token_id",
-            "sequence_bias",
-        ] {
-            if active(key) {
-                return Err(invalid(path, format!("{key}: this logits processor is not supported")));
-            }
-        }
-        Ok(Self { eos_token_ids, repetition_penalty })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -625,18 +565,5 @@ mod tests {
         for (i, bits) in want {
             assert_eq!(f[i].to_bits(), bits, "inv_freq[{i}] = {} vs {}", f[i], f32::from_bits(bits));
         }
-    }
-
-    #[test]
-    fn generation_defaults_keep_eos_and_refuse_unknown_processors() {
-        // Llama-3.2-11B-Vision-Instruct's generation_config.json (sampling settings greedy ignores).
-        let v = json!({"bos_token_id": 128000, "do_sample": true, "eos_token_id": [128001, 128008, 128009],
-            "pad_token_id": 128004, "temperature": 0.6, "top_p": 0.9, "transformers_version": "4.45.0.dev0"});
-        let g = GenerationDefaults::from_value(&v, Path::new("g.json")).unwrap();
-        assert_eq!(g.eos_token_ids, Some(vec![128001, 128008, 128009]));
-        assert_eq!(g.repetition_penalty, 1.0);
-        let e = GenerationDefaults::from_value(&json!({"no_repeat_ngram_size": 3}), Path::new("/g.json")).unwrap_err();
-        assert!(e.to_string().contains("/g.json") && e.to_string().contains("no_repeat_ngram_size"), "{e}");
-        assert!(GenerationDefaults::from_value(&json!({"encoder_repetition_penalty": 1.0}), Path::new("g")).is_ok());
     }
 }

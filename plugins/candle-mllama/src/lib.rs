@@ -1,7 +1,8 @@
 //! vlsbench backend for Llama 3.2 Vision on candle (arch `mllama`), checkpoints in transformers'
 //! format (the 2024 hub layout and today's), one module per stage:
 //!
-//! - [`config`]: `config.json`, the image processor, `generation_config.json`, in both layouts.
+//! - [`config`]: `config.json` and the image processor, in both layouts (`generation_config.json`
+//!   through `vlm_core::generation`).
 //! - [`processor`]: `convert("RGB")` then `MllamaImageProcessor` (canvas, resize, pad, tiles,
 //!   aspect-ratio ids and mask, Pillow's bilinear or bicubic from `vlm_core::resize`) and the
 //!   cross-attention mask from the `<|image|>` positions.

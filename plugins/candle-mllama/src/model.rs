@@ -13,6 +13,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use vlm_core::generation::RepetitionPenalty;
 use vlm_core::greedy::greedy_loop;
 use vlm_core::kv::left_pad;
 use vlm_core::weights::{pick_prefix, var_builder};
@@ -199,55 +200,16 @@ impl Mllama {
         } else {
             None
         };
-        let mut seen: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
-        let penalise = |logits: Tensor, seen: &[Vec<u32>]| -> Result<Tensor> {
-            if repetition_penalty == 1.0 { Ok(logits) } else { repetition_penalised(&logits, seen, repetition_penalty) }
-        };
+        let mut penalty = RepetitionPenalty::new(repetition_penalty, prompts.iter().map(|p| p.ids.clone()).collect());
         let mut cache = self.text.new_cache();
         let first = self.text.forward(&embeds, &pads, &mut cache, cross.as_ref().map(|(c, m, f, _, _)| (c, m, f)))?;
-        let tokens = greedy_loop(penalise(first.clone(), &seen)?, max_new_tokens, eos, |next| {
+        let tokens = greedy_loop(penalty.apply(first.clone())?, max_new_tokens, eos, |next| {
             let e = self.text.embed(next, &self.device)?.unsqueeze(1)?;
             let step = cross.as_ref().map(|(c, _, _, m, f)| (c, m, f));
             let logits = self.text.forward(&e, &pads, &mut cache, step)?;
-            for (s, &t) in seen.iter_mut().zip(next) {
-                s.push(t);
-            }
-            penalise(logits, &seen)
+            penalty.push(next);
+            penalty.apply(logits)
         })?;
         Ok((first, tokens))
-    }
-}
-
-/// transformers' `RepetitionPenaltyLogitsProcessor` on (b, vocab) f32 logits: every id row `r`
-/// has seen gets its logit divided by `penalty` when positive, multiplied when negative (once per
-/// id however often it was seen). Llama 3.2 Vision's generation config sets none; a checkpoint
-/// that does gets it, as the reference's `generate(do_sample=False)` would apply it.
-pub fn repetition_penalised(logits: &Tensor, seen: &[Vec<u32>], penalty: f32) -> Result<Tensor> {
-    let (b, vocab) = logits.dims2()?;
-    let mut rows: Vec<f32> = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    for (r, ids) in seen.iter().enumerate().take(b) {
-        let row = &mut rows[r * vocab..(r + 1) * vocab];
-        let mut done = vec![false; vocab];
-        for &t in ids {
-            let t = t as usize;
-            if t < vocab && !done[t] {
-                done[t] = true;
-                let s = row[t];
-                row[t] = if s < 0.0 { s * penalty } else { s / penalty };
-            }
-        }
-    }
-    Ok(Tensor::from_vec(rows, (b, vocab), logits.device())?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_repetition_penalty_divides_positive_and_multiplies_negative_seen_logits_once() {
-        let logits = Tensor::new(&[[-2f32, 1., 3., 0.5], [1., 1., 1., 1.]], &Device::Cpu).unwrap();
-        let got = repetition_penalised(&logits, &[vec![0, 2, 2, 0], vec![3]], 2.0).unwrap();
-        assert_eq!(got.to_vec2::<f32>().unwrap(), vec![vec![-4., 1., 1.5, 0.5], vec![1., 1., 1., 0.5]]);
     }
 }

@@ -28,13 +28,13 @@
 
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use vlm_core::attention::attention;
 use vlm_core::kernels::{act, dense};
 use vlm_core::weights::{linear, need};
 use vlm_core::{ModelError, Result};
 
 use crate::config::VisionConfig;
 use crate::processor::ProcessedImage;
-use vlm_core::attention::attention;
 
 fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<LayerNorm> {
     need(&vb, "weight")?;

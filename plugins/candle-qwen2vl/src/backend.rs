@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use vlm_core::batch::{finish_generation, generate_in_batches};
+use vlm_core::generation::{GenerationDefaults, OtherProcessors};
 use vlm_core::request::{check_dtype_on_device, image_paths, model_error, parse_device, parse_dtype};
 use vlm_core::template::ChatTemplate;
 use vlm_core::tokenizer::{PromptTokenizer, clean_up_tokenization, expand_image_tokens, python_strip};
@@ -21,7 +22,7 @@ use vlsbench_plugin_api::{
     Backend, BackendConfig, BackendError, BackendInfo, ChatMessage, GenerateRequest, Generation, MessageLayout,
 };
 
-use crate::config::{GenerationDefaults, ImageProcessorConfig, Qwen2VlConfig};
+use crate::config::{ImageProcessorConfig, Qwen2VlConfig};
 use crate::model::{Prompt, Qwen2Vl};
 use crate::processor::{self, ProcessedImage};
 
@@ -65,7 +66,7 @@ impl CandleQwen2Vl {
                 )));
             }
         }
-        let generation = GenerationDefaults::from_dir(dir).map_err(|e| bad(&e))?;
+        let generation = GenerationDefaults::from_dir(dir, OtherProcessors::Ignore).map_err(|e| bad(&e))?;
         let eos = generation.eos_token_ids.unwrap_or_else(|| cfg.text.eos_token_ids.clone());
         let repetition_penalty = generation.repetition_penalty as f32;
         let model = Qwen2Vl::load(dir, cfg, dtype, device).map_err(|e| bad(&e))?;

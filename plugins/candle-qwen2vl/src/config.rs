@@ -352,44 +352,6 @@ impl ImageProcessorConfig {
     }
 }
 
-/// What `generate` takes from `generation_config.json` when the caller does not override it.
-/// The reference calls `generate(do_sample=False, max_new_tokens=128, top_p=1.0,
-/// temperature=0.0)`, so the checkpoint's `repetition_penalty` (1.05 for Qwen2-VL-7B-Instruct)
-/// still applies; `top_k`/`top_p`/`temperature` only act when sampling.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerationDefaults {
-    /// `eos_token_id`, when the file names it.
-    pub eos_token_ids: Option<Vec<u32>>,
-    /// `repetition_penalty` (1.0, none, when absent).
-    pub repetition_penalty: f64,
-}
-
-impl GenerationDefaults {
-    /// `generation_config.json` of a checkpoint (defaults when the file is absent).
-    pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
-        let path = dir.join("generation_config.json");
-        if !path.is_file() {
-            return Ok(Self { eos_token_ids: None, repetition_penalty: 1.0 });
-        }
-        Self::from_value(&read_json(&path)?, &path)
-    }
-
-    pub fn from_value(v: &Value, path: &Path) -> Result<Self, ConfigError> {
-        let eos_token_ids = match v.get("eos_token_id") {
-            None | Some(Value::Null) => None,
-            Some(e) => Some(
-                parse_ids(e)
-                    .ok_or_else(|| invalid(path, format!("eos_token_id: expected an id or a list of ids, got {e}")))?,
-            ),
-        };
-        let repetition_penalty = field::<f64>(v, "repetition_penalty", path, "")?.unwrap_or(1.0);
-        if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
-            return Err(invalid(path, format!("repetition_penalty {repetition_penalty}: must be positive")));
-        }
-        Ok(Self { eos_token_ids, repetition_penalty })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,20 +472,5 @@ mod tests {
         assert_eq!(c.image_std, CLIP_STD);
         let hub = Qwen2VlConfig::from_value(&hub_2024(), Path::new("config.json")).unwrap();
         c.check_against(&hub.vision).unwrap();
-    }
-
-    #[test]
-    fn generation_defaults_keep_the_repetition_penalty() {
-        // Qwen2-VL-7B-Instruct's generation_config.json.
-        let v = json!({"bos_token_id": 151643, "pad_token_id": 151643, "do_sample": true,
-            "eos_token_id": [151645, 151643], "repetition_penalty": 1.05, "temperature": 0.01,
-            "top_p": 0.001, "top_k": 1, "transformers_version": "4.37.0"});
-        let g = GenerationDefaults::from_value(&v, Path::new("generation_config.json")).unwrap();
-        assert_eq!(g.eos_token_ids, Some(vec![151645, 151643]));
-        assert_eq!(g.repetition_penalty, 1.05);
-        let g = GenerationDefaults::from_value(&json!({}), Path::new("g.json")).unwrap();
-        assert_eq!((g.eos_token_ids, g.repetition_penalty), (None, 1.0));
-        let e = GenerationDefaults::from_value(&json!({"eos_token_id": "x"}), Path::new("/g.json")).unwrap_err();
-        assert!(e.to_string().contains("/g.json") && e.to_string().contains("eos_token_id"), "{e}");
     }
 }

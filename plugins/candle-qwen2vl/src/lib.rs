@@ -1,7 +1,8 @@
 //! vlsbench backend for Qwen2-VL on candle (arch `qwen2vl`), checkpoints in transformers' format
 //! (the 2024 hub layout and today's), one module per stage:
 //!
-//! - [`config`]: `config.json`, the image processor, `generation_config.json`, in both layouts.
+//! - [`config`]: `config.json` and the image processor, in both layouts (`generation_config.json`
+//!   through `vlm_core::generation`).
 //! - [`processor`]: `qwen_vl_utils.process_vision_info` (composite onto white, `smart_resize`,
 //!   Pillow bicubic) then `Qwen2VLImageProcessor` (rescale, normalise, patches in merge-block order).
 //! - [`vision`]: the vision tower (patch embedding, 2-D rotary attention per image, patch merger).

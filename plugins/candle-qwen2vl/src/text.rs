@@ -15,13 +15,13 @@
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
+use vlm_core::attention::{attention, repeat_kv};
 use vlm_core::kernels::{act, dense};
 use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask};
 use vlm_core::weights::{linear, need};
 use vlm_core::{ModelError, Result};
 
 use crate::config::TextConfig;
-use vlm_core::attention::{attention, repeat_kv};
 
 /// Three position ids (temporal, height, width) per token.
 pub type Positions = Vec<[u32; 3]>;

@@ -13,12 +13,12 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
+use vlm_core::attention::attention;
 use vlm_core::kernels::{act, dense};
 use vlm_core::weights::{linear, need};
 use vlm_core::{ModelError, Result};
 
 use crate::config::VisionConfig;
-use vlm_core::attention::attention;
 
 /// The vision LayerNorms' epsilon (hard-coded in transformers).
 const LN_EPS: f64 = 1e-6;
