@@ -1,5 +1,6 @@
 //! Reading a checkpoint's JSON configuration files the way every backend's `config.rs` reads them:
-//! [`read_json`], optional typed fields ([`field`], [`size`]), EOS ids ([`parse_ids`]), and the
+//! [`read_json`], optional typed fields ([`field`], [`size`], [`channels`]), where the image processor is
+//! ([`image_processor_json`]), EOS ids ([`parse_ids`]), and the
 //! [`ConfigError`] they return, which always names the file.
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,40 @@ pub fn size(obj: &Value, key: &str, default: usize, path: &Path, ctx: &str) -> R
     Ok(v)
 }
 
+/// A per-channel field (`image_mean`, `image_std`): one number for every channel or a list of
+/// three, or its default.
+pub fn channels(obj: &Value, key: &str, default: [f64; 3], path: &Path, ctx: &str) -> Result<[f64; 3], ConfigError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => Ok([n.as_f64().unwrap_or(0.0); 3]),
+        Some(_) => {
+            let l: Vec<f64> = field(obj, key, path, ctx)?.unwrap_or_default();
+            l.try_into().map_err(|_| invalid(path, format!("{ctx}{key}: expected 3 values")))
+        }
+    }
+}
+
+/// A checkpoint's image processor settings as transformers finds them: nested under
+/// `image_processor` in `processor_config.json` (newest), else `preprocessor_config.json`. The
+/// value, the file it came from and the context for messages (`"image_processor."` when nested).
+pub fn image_processor_json(dir: &Path) -> Result<(Value, PathBuf, &'static str), ConfigError> {
+    let nested = dir.join("processor_config.json");
+    if nested.is_file() {
+        let v = read_json(&nested)?;
+        if let Some(ip @ Value::Object(_)) = v.get("image_processor") {
+            return Ok((ip.clone(), nested, "image_processor."));
+        }
+    }
+    let path = dir.join("preprocessor_config.json");
+    if !path.is_file() {
+        return Err(invalid(
+            dir,
+            "no image processor (processor_config.json with image_processor, or preprocessor_config.json)",
+        ));
+    }
+    Ok((read_json(&path)?, path, ""))
+}
+
 /// `eos_token_id` (or any id field): one id or a list.
 pub fn parse_ids(v: &Value) -> Option<Vec<u32>> {
     match v {
@@ -76,6 +111,16 @@ mod tests {
         assert!(e.starts_with("/c.json: text_config.b: "), "{e}");
         assert_eq!(size(&v, "missing", 7, p, "").unwrap(), 7);
         assert_eq!(size(&v, "z", 7, p, "").unwrap_err().to_string(), "/c.json: z: must be positive");
+    }
+
+    #[test]
+    fn channels_are_one_number_or_three() {
+        let v = json!({"one": 0.5, "three": [1, 2, 3], "two": [1, 2]});
+        let p = Path::new("p.json");
+        assert_eq!(channels(&v, "one", [0.0; 3], p, "").unwrap(), [0.5; 3]);
+        assert_eq!(channels(&v, "three", [0.0; 3], p, "").unwrap(), [1.0, 2.0, 3.0]);
+        assert_eq!(channels(&v, "none", [9.0; 3], p, "").unwrap(), [9.0; 3]);
+        assert_eq!(channels(&v, "two", [0.0; 3], p, "x.").unwrap_err().to_string(), "p.json: x.two: expected 3 values");
     }
 
     #[test]

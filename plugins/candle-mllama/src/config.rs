@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 pub use vlm_core::config_json::{ConfigError, parse_ids, read_json};
-use vlm_core::config_json::{field, invalid, size};
+use vlm_core::config_json::{channels, field, image_processor_json, invalid, size};
 use vlm_core::resize::Filter;
 
 /// Rotary position embedding: the default one, or Llama 3's frequency-dependent scaling.
@@ -334,21 +334,8 @@ impl ImageProcessorConfig {
     /// The image processor of a checkpoint: nested in `processor_config.json` (newest), else
     /// `preprocessor_config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
-        let nested = dir.join("processor_config.json");
-        if nested.is_file() {
-            let v = read_json(&nested)?;
-            if let Some(ip @ Value::Object(_)) = v.get("image_processor") {
-                return Self::from_value(ip, &nested, "image_processor.");
-            }
-        }
-        let path = dir.join("preprocessor_config.json");
-        if !path.is_file() {
-            return Err(invalid(
-                dir,
-                "no image processor (processor_config.json with image_processor, or preprocessor_config.json)",
-            ));
-        }
-        Self::from_value(&read_json(&path)?, &path, "")
+        let (v, path, ctx) = image_processor_json(dir)?;
+        Self::from_value(&v, &path, ctx)
     }
 
     pub fn from_value(v: &Value, path: &Path, ctx: &str) -> Result<Self, ConfigError> {
@@ -386,17 +373,7 @@ impl ImageProcessorConfig {
                 ));
             }
         };
-        let triple = |key: &str, default: [f64; 3]| -> Result<[f64; 3], ConfigError> {
-            match v.get(key) {
-                None | Some(Value::Null) => Ok(default),
-                Some(Value::Number(n)) => Ok([n.as_f64().unwrap_or(0.0); 3]),
-                Some(_) => {
-                    let l: Vec<f64> = field(v, key, path, ctx)?.unwrap_or_default();
-                    l.try_into().map_err(|_| invalid(path, format!("{ctx}{key}: expected 3 values")))
-                }
-            }
-        };
-        let image_std = triple("image_std", IMAGENET_STANDARD)?;
+        let image_std = channels(v, "image_std", IMAGENET_STANDARD, path, ctx)?;
         if image_std.contains(&0.0) {
             return Err(invalid(path, format!("{ctx}image_std: a zero standard deviation")));
         }
@@ -407,7 +384,7 @@ impl ImageProcessorConfig {
             do_rescale: field(v, "do_rescale", path, ctx)?.unwrap_or(true),
             rescale_factor: field(v, "rescale_factor", path, ctx)?.unwrap_or(1.0 / 255.0),
             do_normalize: field(v, "do_normalize", path, ctx)?.unwrap_or(true),
-            image_mean: triple("image_mean", IMAGENET_STANDARD)?,
+            image_mean: channels(v, "image_mean", IMAGENET_STANDARD, path, ctx)?,
             image_std,
             path: path.to_owned(),
         })

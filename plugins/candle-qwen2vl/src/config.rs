@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 pub use vlm_core::config_json::{ConfigError, parse_ids, read_json};
-use vlm_core::config_json::{field, invalid, size};
+use vlm_core::config_json::{channels, field, image_processor_json, invalid, size};
 
 /// The Qwen2 text model (`Qwen2VLTextConfig`'s defaults for missing fields).
 #[derive(Debug, Clone, PartialEq)]
@@ -256,21 +256,8 @@ impl ImageProcessorConfig {
     /// The image processor of a checkpoint: nested in `processor_config.json` (newest), else
     /// `preprocessor_config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
-        let nested = dir.join("processor_config.json");
-        if nested.is_file() {
-            let v = read_json(&nested)?;
-            if let Some(ip @ Value::Object(_)) = v.get("image_processor") {
-                return Self::from_value(ip, &nested, "image_processor.");
-            }
-        }
-        let path = dir.join("preprocessor_config.json");
-        if !path.is_file() {
-            return Err(invalid(
-                dir,
-                "no image processor (processor_config.json with image_processor, or preprocessor_config.json)",
-            ));
-        }
-        Self::from_value(&read_json(&path)?, &path, "")
+        let (v, path, ctx) = image_processor_json(dir)?;
+        Self::from_value(&v, &path, ctx)
     }
 
     pub fn from_value(v: &Value, path: &Path, ctx: &str) -> Result<Self, ConfigError> {
@@ -300,20 +287,7 @@ impl ImageProcessorConfig {
         if min_pixels > max_pixels || max_pixels == 0 {
             return Err(invalid(path, format!("{ctx}min_pixels {min_pixels} / max_pixels {max_pixels}: not a range")));
         }
-        let triple = |key: &str, default: [f64; 3]| -> Result<[f64; 3], ConfigError> {
-            match v.get(key) {
-                None | Some(Value::Null) => Ok(default),
-                Some(Value::Number(n)) => {
-                    let x = n.as_f64().unwrap_or(0.0);
-                    Ok([x; 3])
-                }
-                Some(_) => {
-                    let l: Vec<f64> = field(v, key, path, ctx)?.unwrap_or_default();
-                    l.try_into().map_err(|_| invalid(path, format!("{ctx}{key}: expected 3 values")))
-                }
-            }
-        };
-        let image_std = triple("image_std", CLIP_STD)?;
+        let image_std = channels(v, "image_std", CLIP_STD, path, ctx)?;
         if image_std.contains(&0.0) {
             return Err(invalid(path, format!("{ctx}image_std: a zero standard deviation")));
         }
@@ -323,7 +297,7 @@ impl ImageProcessorConfig {
             patch_size: size(v, "patch_size", 14, path, ctx)?,
             temporal_patch_size: size(v, "temporal_patch_size", 2, path, ctx)?,
             merge_size: size(v, "merge_size", 2, path, ctx)?,
-            image_mean: triple("image_mean", CLIP_MEAN)?,
+            image_mean: channels(v, "image_mean", CLIP_MEAN, path, ctx)?,
             image_std,
             do_resize: field(v, "do_resize", path, ctx)?.unwrap_or(true),
             do_rescale: field(v, "do_rescale", path, ctx)?.unwrap_or(true),
