@@ -79,6 +79,11 @@ pub fn finish_generation<E: std::fmt::Display>(
     })
 }
 
+/// The answer of a one-request [`generate_in_batches`] (a backend's `generate_one`).
+pub fn single(mut results: Vec<Result<Generation, BackendError>>) -> Result<Generation, BackendError> {
+    results.pop().unwrap_or_else(|| Err(BackendError::model_failure("request left unanswered")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! What every native vlsbench VLM backend shares, one concern per module, in data-flow order:
 //!
-//! - [`request`]: a request's images and text, the manifest's `dtype` and `device`.
+//! - [`request`]: a request's images and text, the manifest's checkpoint folder, `dtype`, `device`
+//!   and `[model.options]`, the devices a build serves.
 //! - [`config_json`]: reading a checkpoint's JSON configuration files (typed optional fields,
 //!   EOS ids, errors naming the file).
 //! - [`image`]: opening an image the way each reference loader does ([`image::ImageLoader`]:
@@ -22,7 +23,7 @@
 //!   processors refused) and the repetition penalty over each row's seen ids.
 //! - [`greedy`]: the batched greedy loop (argmax, EOS, per-row budgets).
 //! - [`batch`]: a backend's `generate`: items prepared alone, decoded `max_batch` at a time,
-//!   answers finished (EOS left out, stripped as Python strips).
+//!   answers finished (EOS left out, stripped as Python strips); `generate_one`'s single answer.
 //! - [`bench`]: our side of `cargo xtask bench <family>` (command line, timings, JSON line).
 //! - [`error`]: the model error every stage returns.
 //! - [`npy`]: reads the goldens' `.npy` files (tests and tools).

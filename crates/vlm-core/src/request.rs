@@ -1,10 +1,11 @@
 //! What a backend reads from a request and from the manifest's `[model]`: the images and the text
-//! of the chat messages, `dtype` and `device`, and how a model error reaches the host.
+//! of the chat messages, the checkpoint folder, `dtype` and `device` ([`checkpoint_dtype_device`]),
+//! `[model.options]` ([`options_table`]), and how a model error reaches the host.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use vlsbench_plugin_api::{BackendError, ChatMessage, ContentPart};
+use vlsbench_plugin_api::{BackendConfig, BackendError, ChatMessage, ContentPart};
 
 use crate::ModelError;
 
@@ -48,6 +49,51 @@ pub fn check_dtype_on_device(dtype: DType, device: &Device) -> Result<(), Backen
     Ok(())
 }
 
+/// The devices a backend built with this crate serves, as `describe` lists them: `cpu`, and `cuda`
+/// in a build with the `cuda` feature.
+pub fn devices() -> Vec<String> {
+    let mut devices = vec!["cpu".to_owned()];
+    if cfg!(feature = "cuda") {
+        devices.push("cuda".to_owned());
+    }
+    devices
+}
+
+/// The manifest's `[model]` as a native backend loads it: the checkpoint folder (a relative path is
+/// relative to the manifest's folder), the dtype and the device, checked together
+/// ([`check_dtype_on_device`]).
+pub fn checkpoint_dtype_device(config: &BackendConfig) -> Result<(PathBuf, DType, Device), BackendError> {
+    let ck = config
+        .checkpoint
+        .as_deref()
+        .ok_or_else(|| BackendError::bad_config("no checkpoint: set [model].checkpoint to a checkpoint folder"))?;
+    let ck = Path::new(ck);
+    let dir = if ck.is_absolute() { ck.to_owned() } else { config.base_dir.join(ck) };
+    let dtype = parse_dtype(config.dtype.as_deref())?;
+    let device = parse_device(config.device.as_deref())?;
+    check_dtype_on_device(dtype, &device)?;
+    Ok((dir, dtype, device))
+}
+
+/// `[model.options]`, a table (or absent: `None`) whose keys are all in `known`; an unknown key is
+/// an error saying what the backend takes (`takes`, e.g. "candle-mllama takes no options").
+pub fn options_table<'a>(
+    options: &'a serde_json::Value,
+    known: &[&str],
+    takes: &str,
+) -> Result<Option<&'a serde_json::Map<String, serde_json::Value>>, BackendError> {
+    match options {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Object(o) => {
+            if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
+                return Err(BackendError::bad_config(format!("options.{k}: unknown ({takes})")));
+            }
+            Ok(Some(o))
+        }
+        other => Err(BackendError::bad_config(format!("options: expected a table, got {other}"))),
+    }
+}
+
 /// The images of a request's messages, in order.
 pub fn image_paths(messages: &[ChatMessage]) -> Vec<&Path> {
     let parts = messages.iter().flat_map(|m| &m.content);
@@ -76,5 +122,40 @@ pub fn model_error(item: &str, e: ModelError) -> BackendError {
     match e {
         ModelError::Input(m) => BackendError::bad_request(format!("item {item}: {m}")),
         e => BackendError::model_failure(format!("item {item}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(checkpoint: Option<&str>, dtype: Option<&str>) -> BackendConfig {
+        BackendConfig {
+            arch: "x".into(),
+            checkpoint: checkpoint.map(Into::into),
+            device: None,
+            dtype: dtype.map(Into::into),
+            options: serde_json::Value::Null,
+            base_dir: PathBuf::from("/manifests"),
+        }
+    }
+
+    #[test]
+    fn the_checkpoint_is_relative_to_the_manifest() {
+        let (dir, dtype, device) = checkpoint_dtype_device(&config(Some("ck"), None)).unwrap();
+        assert_eq!((dir, dtype, device.is_cpu()), (PathBuf::from("/manifests/ck"), DType::F32, true));
+        assert_eq!(checkpoint_dtype_device(&config(Some("/abs"), Some("f16"))).unwrap().0, PathBuf::from("/abs"));
+        assert!(checkpoint_dtype_device(&config(None, None)).unwrap_err().to_string().contains("no checkpoint"));
+        assert!(checkpoint_dtype_device(&config(Some("ck"), Some("bf16"))).is_err());
+    }
+
+    #[test]
+    fn options_are_a_table_of_known_keys() {
+        assert!(options_table(&serde_json::Value::Null, &[], "").unwrap().is_none());
+        assert_eq!(options_table(&json!({"a": 1}), &["a"], "").unwrap().map(|o| o.len()), Some(1));
+        let e = options_table(&json!({"b": 1}), &["a"], "x takes a").unwrap_err();
+        assert!(e.to_string().contains("options.b: unknown (x takes a)"), "{e}");
+        assert!(options_table(&json!(3), &[], "").unwrap_err().to_string().contains("expected a table"));
     }
 }

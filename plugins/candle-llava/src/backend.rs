@@ -19,8 +19,8 @@ use crate::conversation::{self, PromptToken};
 use crate::image_proc;
 use crate::model::{Llava, PixelInput};
 use crate::original::{self, OriginalCheckpoint};
-use vlm_core::batch::{finish_generation, generate_in_batches};
-use vlm_core::request::{check_dtype_on_device, image_paths, model_error, parse_device, parse_dtype, question};
+use vlm_core::batch::{finish_generation, generate_in_batches, single};
+use vlm_core::request::{checkpoint_dtype_device, devices, image_paths, model_error, question};
 use vlm_core::sentencepiece::SlowLlamaTokenizer;
 use vlm_core::template::ChatTemplate;
 use vlm_core::tokenizer::{PromptTokenizer, expand_image_tokens};
@@ -322,9 +322,7 @@ impl CandleLlava {
 
     /// One request alone.
     pub fn generate_one(&self, req: &GenerateRequest) -> Result<Generation, BackendError> {
-        self.generate_batch(std::slice::from_ref(req))
-            .pop()
-            .unwrap_or_else(|| Err(BackendError::model_failure("request left unanswered")))
+        single(self.generate_batch(std::slice::from_ref(req)))
     }
 
     /// The loaded model (for benchmarks and tests that drive it directly).
@@ -339,10 +337,6 @@ impl CandleLlava {
 
 impl Backend for CandleLlava {
     fn describe() -> BackendInfo {
-        let mut devices = vec!["cpu".to_owned()];
-        if cfg!(feature = "cuda") {
-            devices.push("cuda".to_owned());
-        }
         BackendInfo {
             name: "candle-llava".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -352,7 +346,7 @@ impl Backend for CandleLlava {
             archs: vec![ARCH_LLAVA_HF.into(), ARCH_LLAVA_NEXT.into(), ARCH_LLAVA.into()],
             max_batch: MAX_BATCH as u32,
             concurrent: false,
-            devices,
+            devices: devices(),
             checkpoint_is_path: true,
             path_options: vec!["vision_tower".into()],
             // The reference's loaders: `llava_hf` and `llava_next` put [text, image] in the user
@@ -373,15 +367,7 @@ impl Backend for CandleLlava {
                 config.arch
             )));
         }
-        let ck = config
-            .checkpoint
-            .as_deref()
-            .ok_or_else(|| BackendError::bad_config("no checkpoint: set [model].checkpoint to a checkpoint folder"))?;
-        let ck = Path::new(ck);
-        let dir = if ck.is_absolute() { ck.to_owned() } else { config.base_dir.join(ck) };
-        let dtype = parse_dtype(config.dtype.as_deref())?;
-        let device = parse_device(config.device.as_deref())?;
-        check_dtype_on_device(dtype, &device)?;
+        let (dir, dtype, device) = checkpoint_dtype_device(&config)?;
         let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { config.base_dir.join(p) };
         let vision_tower = match config.options.get("vision_tower") {
             None | Some(serde_json::Value::Null) => None,
@@ -577,7 +563,7 @@ mod tests {
             let mut cfg = backend_config("llava_hf", "checkpoints/llava_hf_old_layout");
             cfg.dtype = Some(dtype.into());
             let b = CandleLlava::create(cfg).unwrap();
-            assert_eq!(b.model().dtype, parse_dtype(Some(dtype)).unwrap());
+            assert_eq!(b.model().dtype, vlm_core::request::parse_dtype(Some(dtype)).unwrap());
             let mut worst = 0f32;
             for case in g["cases"].as_array().unwrap().iter().step_by(4) {
                 let req = request("0", case["prompt"].as_str().unwrap(), &fx.join(case["image"].as_str().unwrap()), 4);

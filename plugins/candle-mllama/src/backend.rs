@@ -14,9 +14,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use vlm_core::batch::{finish_generation, generate_in_batches};
+use vlm_core::batch::{finish_generation, generate_in_batches, single};
 use vlm_core::generation::{GenerationDefaults, OtherProcessors};
-use vlm_core::request::{check_dtype_on_device, image_paths, model_error, parse_device, parse_dtype};
+use vlm_core::request::{checkpoint_dtype_device, devices, image_paths, model_error, options_table};
 use vlm_core::template::ChatTemplate;
 use vlm_core::tokenizer::PromptTokenizer;
 use vlsbench_plugin_api::{
@@ -184,9 +184,7 @@ impl CandleMllama {
 
     /// One request alone.
     pub fn generate_one(&self, req: &GenerateRequest) -> Result<Generation, BackendError> {
-        self.generate_batch(std::slice::from_ref(req))
-            .pop()
-            .unwrap_or_else(|| Err(BackendError::model_failure("request left unanswered")))
+        single(self.generate_batch(std::slice::from_ref(req)))
     }
 
     pub fn model(&self) -> &Mllama {
@@ -222,10 +220,6 @@ impl CandleMllama {
 
 impl Backend for CandleMllama {
     fn describe() -> BackendInfo {
-        let mut devices = vec!["cpu".to_owned()];
-        if cfg!(feature = "cuda") {
-            devices.push("cuda".to_owned());
-        }
         BackendInfo {
             name: "candle-mllama".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -235,7 +229,7 @@ impl Backend for CandleMllama {
             archs: vec![ARCH.into()],
             max_batch: MAX_BATCH as u32,
             concurrent: false,
-            devices,
+            devices: devices(),
             checkpoint_is_path: true,
             path_options: vec![],
             // The reference's mllama loader: user content [image, text], no system message (the
@@ -248,24 +242,8 @@ impl Backend for CandleMllama {
         if config.arch != ARCH {
             return Err(BackendError::unsupported(format!("arch {:?} is not served ({ARCH})", config.arch)));
         }
-        let ck = config
-            .checkpoint
-            .as_deref()
-            .ok_or_else(|| BackendError::bad_config("no checkpoint: set [model].checkpoint to a checkpoint folder"))?;
-        let ck = Path::new(ck);
-        let dir = if ck.is_absolute() { ck.to_owned() } else { config.base_dir.join(ck) };
-        let dtype = parse_dtype(config.dtype.as_deref())?;
-        let device = parse_device(config.device.as_deref())?;
-        check_dtype_on_device(dtype, &device)?;
-        match &config.options {
-            serde_json::Value::Null => {}
-            serde_json::Value::Object(o) if o.is_empty() => {}
-            serde_json::Value::Object(o) => {
-                let k = o.keys().next().map(String::as_str).unwrap_or_default();
-                return Err(BackendError::bad_config(format!("options.{k}: unknown (candle-mllama takes no options)")));
-            }
-            other => return Err(BackendError::bad_config(format!("options: expected a table, got {other}"))),
-        }
+        let (dir, dtype, device) = checkpoint_dtype_device(&config)?;
+        options_table(&config.options, &[], "candle-mllama takes no options")?;
         Self::load(&dir, dtype, &device)
     }
 

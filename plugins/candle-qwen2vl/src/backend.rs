@@ -13,9 +13,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use vlm_core::batch::{finish_generation, generate_in_batches};
+use vlm_core::batch::{finish_generation, generate_in_batches, single};
 use vlm_core::generation::{GenerationDefaults, OtherProcessors};
-use vlm_core::request::{check_dtype_on_device, image_paths, model_error, parse_device, parse_dtype};
+use vlm_core::request::{checkpoint_dtype_device, devices, image_paths, model_error, options_table};
 use vlm_core::template::ChatTemplate;
 use vlm_core::tokenizer::{PromptTokenizer, clean_up_tokenization, expand_image_tokens, python_strip};
 use vlsbench_plugin_api::{
@@ -137,9 +137,7 @@ impl CandleQwen2Vl {
 
     /// One request alone.
     pub fn generate_one(&self, req: &GenerateRequest) -> Result<Generation, BackendError> {
-        self.generate_batch(std::slice::from_ref(req))
-            .pop()
-            .unwrap_or_else(|| Err(BackendError::model_failure("request left unanswered")))
+        single(self.generate_batch(std::slice::from_ref(req)))
     }
 
     pub fn model(&self) -> &Qwen2Vl {
@@ -176,10 +174,6 @@ impl CandleQwen2Vl {
 
 impl Backend for CandleQwen2Vl {
     fn describe() -> BackendInfo {
-        let mut devices = vec!["cpu".to_owned()];
-        if cfg!(feature = "cuda") {
-            devices.push("cuda".to_owned());
-        }
         BackendInfo {
             name: "candle-qwen2vl".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -189,7 +183,7 @@ impl Backend for CandleQwen2Vl {
             archs: vec![ARCH.into()],
             max_batch: MAX_BATCH as u32,
             concurrent: false,
-            devices,
+            devices: devices(),
             checkpoint_is_path: true,
             path_options: vec![],
             // The reference's qwen2vl loader: user content [image, text], the chat template adds
@@ -202,36 +196,19 @@ impl Backend for CandleQwen2Vl {
         if config.arch != ARCH {
             return Err(BackendError::unsupported(format!("arch {:?} is not served ({ARCH})", config.arch)));
         }
-        let ck = config
-            .checkpoint
-            .as_deref()
-            .ok_or_else(|| BackendError::bad_config("no checkpoint: set [model].checkpoint to a checkpoint folder"))?;
-        let ck = Path::new(ck);
-        let dir = if ck.is_absolute() { ck.to_owned() } else { config.base_dir.join(ck) };
-        let dtype = parse_dtype(config.dtype.as_deref())?;
-        let device = parse_device(config.device.as_deref())?;
-        check_dtype_on_device(dtype, &device)?;
-        let penalty = match &config.options {
-            serde_json::Value::Null => None,
-            serde_json::Value::Object(o) => {
-                if let Some(k) = o.keys().find(|k| k.as_str() != "repetition_penalty") {
+        let (dir, dtype, device) = checkpoint_dtype_device(&config)?;
+        let options =
+            options_table(&config.options, &["repetition_penalty"], "candle-qwen2vl takes repetition_penalty")?;
+        let penalty = match options.and_then(|o| o.get("repetition_penalty")) {
+            None => None,
+            Some(v) => match v.as_f64() {
+                Some(p) if p > 0.0 && p.is_finite() => Some(p as f32),
+                _ => {
                     return Err(BackendError::bad_config(format!(
-                        "options.{k}: unknown (candle-qwen2vl takes repetition_penalty)"
+                        "options.repetition_penalty: expected a positive number, got {v}"
                     )));
                 }
-                match o.get("repetition_penalty") {
-                    None => None,
-                    Some(v) => match v.as_f64() {
-                        Some(p) if p > 0.0 && p.is_finite() => Some(p as f32),
-                        _ => {
-                            return Err(BackendError::bad_config(format!(
-                                "options.repetition_penalty: expected a positive number, got {v}"
-                            )));
-                        }
-                    },
-                }
-            }
-            other => return Err(BackendError::bad_config(format!("options: expected a table, got {other}"))),
+            },
         };
         let mut backend = Self::load(&dir, dtype, &device)?;
         if let Some(p) = penalty {
