@@ -26,7 +26,8 @@
 //!   answers finished (EOS left out, stripped as Python strips); `generate_one`'s single answer.
 //! - [`bench`]: our side of `cargo xtask bench <family>` (command line, timings, JSON line).
 //! - [`error`]: the model error every stage returns.
-//! - [`npy`]: reads the goldens' `.npy` files (tests and tools).
+//! - [`npy`]: reads the goldens' `.npy` files (tests and tools); `testing` (hidden): what every
+//!   backend's parity tests share (goldens, requests, a PNG claiming any size, the parity table).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -45,6 +46,8 @@ pub mod request;
 pub mod resize;
 pub mod sentencepiece;
 pub mod template;
+#[doc(hidden)]
+pub mod testing;
 pub mod tokenizer;
 pub mod weights;
 

@@ -407,6 +407,7 @@ impl Backend for CandleLlava {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vlm_core::testing::{png_claiming, temp_dir};
     use vlsbench_plugin_api::{ChatMessage, ContentPart, GenerationSettings, Role};
 
     /// The HF checkpoints' chat template, tokenizer and decoding against transformers' goldens.
@@ -506,12 +507,7 @@ mod tests {
     }
 
     fn request(id: &str, prompt: &str, image: &Path, max_new: u32) -> GenerateRequest {
-        GenerateRequest {
-            id: id.into(),
-            messages: vec![ChatMessage::new(Role::User, vec![ContentPart::text(prompt), ContentPart::image(image)])],
-            settings: GenerationSettings { max_new_tokens: Some(max_new), temperature: Some(0.0), top_p: Some(1.0) },
-            response_format: None,
-        }
+        vlm_core::testing::request(id, prompt, image, max_new, &MessageLayout::text_then_image())
     }
 
     #[test]
@@ -541,7 +537,7 @@ mod tests {
             let mut cache = b.model().text.new_cache();
             let logits: Vec<f32> = b.model().text.forward_embeds(&embeds, &mut cache).unwrap().to_vec1().unwrap();
             let tokens = b.model().greedy_batch(&[embeds], &[24], &[]).unwrap().remove(0);
-            parity.record(case, &logits, &tokens);
+            parity.record_case(case, &logits, &tokens);
             let answer = b.generate(vec![req]).pop().unwrap().unwrap().text;
             assert_eq!(answer, case["decoded_until_eos_stripped"].as_str().unwrap(), "{image}");
         }
@@ -629,7 +625,7 @@ mod tests {
     #[test]
     fn a_bad_item_in_a_batch_fails_alone() {
         let fx = crate::test_util::fixtures();
-        let dir = tempfile_dir();
+        let dir = temp_dir("candle-llava");
         let corrupt = dir.join("corrupt.png");
         std::fs::write(&corrupt, b"\x89PNG not really").unwrap();
         let b = CandleLlava::create(backend_config("llava_hf", "checkpoints/llava_hf")).unwrap();
@@ -647,32 +643,9 @@ mod tests {
         }
     }
 
-    /// A PNG whose header claims `w` x `h` pixels (the data is a 1x1 image's: only the header is read).
-    fn png_claiming(w: u32, h: u32) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        image::RgbImage::new(1, 1).write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
-        // IHDR: 8-byte signature, 4-byte length, "IHDR", width, height, ...; CRC over type + data.
-        bytes[16..20].copy_from_slice(&w.to_be_bytes());
-        bytes[20..24].copy_from_slice(&h.to_be_bytes());
-        let crc = crc32(&bytes[12..29]);
-        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
-        bytes
-    }
-
-    fn crc32(data: &[u8]) -> u32 {
-        let mut c = 0xFFFF_FFFFu32;
-        for &b in data {
-            c ^= b as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-            }
-        }
-        !c
-    }
-
     #[test]
     fn an_image_over_the_pixel_limit_is_refused_before_decoding() {
-        let dir = tempfile_dir();
+        let dir = temp_dir("candle-llava");
         let huge = dir.join("huge.png");
         std::fs::write(&huge, png_claiming(60_000, 60_000)).unwrap();
         let b = CandleLlava::create(backend_config("llava_hf", "checkpoints/llava_hf")).unwrap();
@@ -690,7 +663,7 @@ mod tests {
         for (missing, named) in
             [("model.safetensors", "no weights (model.safetensors"), ("tokenizer.json", "tokenizer.json")]
         {
-            let dir = tempfile_dir().join(format!("no-{missing}"));
+            let dir = temp_dir("candle-llava").join(format!("no-{missing}"));
             std::fs::create_dir_all(&dir).unwrap();
             for f in std::fs::read_dir(fx.join("checkpoints/llava_hf")).unwrap() {
                 let f = f.unwrap().path();
@@ -705,7 +678,7 @@ mod tests {
             assert!(e.message.contains(named), "{missing}: {e}");
         }
         // The original format without its tokenizer.model.
-        let dir = tempfile_dir().join("original-no-tokenizer");
+        let dir = temp_dir("candle-llava").join("original-no-tokenizer");
         std::fs::create_dir_all(&dir).unwrap();
         for f in std::fs::read_dir(fx.join("checkpoints/llava_original")).unwrap() {
             let f = f.unwrap().path();
@@ -718,12 +691,6 @@ mod tests {
         cfg.options = serde_json::json!({"vision_tower": fx.join("checkpoints/llava_original_clip")});
         let e = CandleLlava::create(cfg).err().unwrap();
         assert!(e.message.contains("tokenizer.model"), "{e}");
-    }
-
-    fn tempfile_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("candle-llava-test-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
     }
 
     fn backend_config(arch: &str, checkpoint: &str) -> BackendConfig {

@@ -340,7 +340,7 @@ mod tests {
                 let (px, h, w) = image_proc::preprocess(&image, &proc.image).unwrap();
                 let px = Tensor::from_vec(px, (1, 3, h, w), &Device::Cpu).unwrap();
                 let (logits, tokens) = model.greedy(&ids(case, "input_ids"), Some(&px), 24, &[]).unwrap();
-                parity.record(case, &logits.to_vec1::<f32>().unwrap(), &tokens);
+                parity.record_case(case, &logits.to_vec1::<f32>().unwrap(), &tokens);
             }
             parity.check();
         }
@@ -370,7 +370,7 @@ mod tests {
                 let feats = model.features_for(&[PixelInput::Anyres { tiles, image_size: px.image_size }]).unwrap();
                 let (logits, tokens) =
                     model.greedy_from_features(&ids(case, "input_ids"), feats.as_ref(), 24, &[]).unwrap();
-                parity.record(case, &logits.to_vec1::<f32>().unwrap(), &tokens);
+                parity.record_case(case, &logits.to_vec1::<f32>().unwrap(), &tokens);
             }
             parity.check();
         }

@@ -5,32 +5,20 @@
 //! reference harness's `generate` answer; then the golden left-padded batch, batching against
 //! one request at a time, and bad inputs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 use vlm_core::npy;
+use vlm_core::testing::{self, Parity, fixtures, golden, ids, max_abs_diff, png_claiming, temp_dir};
 use vlsbench_plugin_api::{
-    Backend, BackendConfig, ChatMessage, ContentPart, ErrorKind, GenerateRequest, GenerationSettings, Role,
+    Backend, BackendConfig, ChatMessage, ContentPart, ErrorKind, GenerateRequest, GenerationSettings, MessageLayout,
+    Role,
 };
 
 use crate::backend::CandleMllama;
 use crate::processor::ProcessedImage;
 
 const CHECKPOINTS: [&str; 2] = ["mllama", "mllama_old_layout"];
-
-fn fixtures() -> PathBuf {
-    vlm_core::fixtures_dir()
-}
-
-fn golden(checkpoint: &str) -> Value {
-    let path = fixtures().join("golden").join(checkpoint).join("golden.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
 
 fn usizes(v: &Value) -> Vec<usize> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect()
@@ -53,58 +41,17 @@ fn load(checkpoint: &str) -> CandleMllama {
 
 /// One user message [image, text], as the backend's declared layout has the host send it.
 fn request(id: &str, prompt: &str, image: &Path, max_new: u32) -> GenerateRequest {
-    GenerateRequest {
-        id: id.into(),
-        messages: vec![ChatMessage::new(Role::User, vec![ContentPart::image(image), ContentPart::text(prompt)])],
-        settings: GenerationSettings { max_new_tokens: Some(max_new), temperature: Some(0.0), top_p: Some(1.0) },
-        response_format: None,
-    }
+    testing::request(id, prompt, image, max_new, &MessageLayout::image_then_text())
 }
 
 fn case_request(case: &Value, max_new: u32) -> GenerateRequest {
     request("0", case["prompt"].as_str().unwrap(), &fixtures().join(case["image"].as_str().unwrap()), max_new)
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
-}
-
 /// Tiles each token sees, from the processor's dense mask (tokens, images, max_tiles).
 fn tiles_per_token(p: &crate::model::Prompt, max_tiles: usize) -> Vec<usize> {
     let per = (p.n_images * max_tiles).max(1);
     p.cross_mask.chunks(per).map(|c| c.iter().filter(|&&x| x == 1).count()).collect()
-}
-
-/// First-step logits and greedy tokens against a checkpoint's goldens, as a table: the largest
-/// |Δlogit| must stay within 1e-4 and every token sequence be equal.
-struct Parity {
-    checkpoint: String,
-    table: String,
-    worst: f32,
-    all_equal: bool,
-}
-
-impl Parity {
-    fn new(checkpoint: &str) -> Self {
-        let table = "image          prompt     max|dlogit|   tokens equal\n".to_owned();
-        Self { checkpoint: checkpoint.to_owned(), table, worst: 0.0, all_equal: true }
-    }
-
-    fn record(&mut self, label: (&str, &str), logits_npy: &str, logits: &[f32], tokens: &[u32], want: &[u32]) {
-        let path = fixtures().join("golden").join(&self.checkpoint).join(logits_npy);
-        let d = max_abs_diff(logits, &npy::read_f32(&path).unwrap().data);
-        self.worst = self.worst.max(d);
-        let equal = tokens == want;
-        self.all_equal &= equal;
-        self.table += &format!("{:<14} {:<10} {d:<13.3e} {equal}\n", label.0.trim_start_matches("images/"), label.1);
-    }
-
-    fn check(self) {
-        println!("{}:\n{}", self.checkpoint, self.table);
-        assert!(self.worst <= 1e-4, "{}", self.table);
-        assert!(self.all_equal, "{}", self.table);
-    }
 }
 
 #[test]
@@ -352,33 +299,10 @@ fn text_only_and_two_image_requests_are_prepared_as_the_processor_does() {
     assert!(b.generate_one(&two_images("2")).is_ok());
 }
 
-/// A PNG whose header claims `w` x `h` pixels (only the header is read before refusing it).
-fn png_claiming(w: u32, h: u32) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    image::RgbImage::new(1, 1).write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
-    bytes[16..20].copy_from_slice(&w.to_be_bytes());
-    bytes[20..24].copy_from_slice(&h.to_be_bytes());
-    let mut c = 0xFFFF_FFFFu32;
-    for &b in &bytes[12..29] {
-        c ^= b as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-        }
-    }
-    bytes[29..33].copy_from_slice(&(!c).to_be_bytes());
-    bytes
-}
-
-fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("candle-mllama-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn a_bad_item_in_a_batch_fails_alone_with_a_typed_error_naming_it() {
     let fx = fixtures();
-    let dir = temp_dir();
+    let dir = temp_dir("candle-mllama");
     let corrupt = dir.join("corrupt.png");
     std::fs::write(&corrupt, b"\x89PNG not really").unwrap();
     let huge = dir.join("huge.png");
@@ -428,7 +352,7 @@ fn bad_configurations_are_named_at_load() {
         ("tokenizer.json", "tokenizer.json"),
         ("processor_config.json", "image processor"),
     ] {
-        let dir = temp_dir().join(format!("no-{missing}"));
+        let dir = temp_dir("candle-mllama").join(format!("no-{missing}"));
         std::fs::create_dir_all(&dir).unwrap();
         for f in std::fs::read_dir(fx.join("checkpoints/mllama")).unwrap() {
             let f = f.unwrap().path();

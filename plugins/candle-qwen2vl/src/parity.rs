@@ -4,32 +4,20 @@
 //! M-RoPE position ids and `rope_deltas`, first-step logits, 24 greedy tokens, the decoded answer;
 //! then the golden batch, batching against one request at a time, and bad inputs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::Value;
 use vlm_core::npy;
+use vlm_core::testing::{self, Parity, fixtures, golden, ids, max_abs_diff, png_claiming, temp_dir};
 use vlsbench_plugin_api::{
-    Backend, BackendConfig, ChatMessage, ContentPart, ErrorKind, GenerateRequest, GenerationSettings, Role,
+    Backend, BackendConfig, ChatMessage, ContentPart, ErrorKind, GenerateRequest, GenerationSettings, MessageLayout,
+    Role,
 };
 
 use crate::backend::CandleQwen2Vl;
 use crate::processor::ProcessedImage;
 
 const CHECKPOINTS: [&str; 2] = ["qwen2vl", "qwen2vl_old_layout"];
-
-fn fixtures() -> PathBuf {
-    vlm_core::fixtures_dir()
-}
-
-fn golden(checkpoint: &str) -> Value {
-    let path = fixtures().join("golden").join(checkpoint).join("golden.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
 
 fn backend_config(checkpoint: &str) -> BackendConfig {
     BackendConfig {
@@ -55,52 +43,11 @@ fn load_argmax(checkpoint: &str) -> CandleQwen2Vl {
 
 /// One user message [image, text], as the backend's declared layout has the host send it.
 fn request(id: &str, prompt: &str, image: &Path, max_new: u32) -> GenerateRequest {
-    GenerateRequest {
-        id: id.into(),
-        messages: vec![ChatMessage::new(Role::User, vec![ContentPart::image(image), ContentPart::text(prompt)])],
-        settings: GenerationSettings { max_new_tokens: Some(max_new), temperature: Some(0.0), top_p: Some(1.0) },
-        response_format: None,
-    }
+    testing::request(id, prompt, image, max_new, &MessageLayout::image_then_text())
 }
 
 fn case_request(case: &Value, max_new: u32) -> GenerateRequest {
     request("0", case["prompt"].as_str().unwrap(), &fixtures().join(case["image"].as_str().unwrap()), max_new)
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
-}
-
-/// First-step logits and greedy tokens against a checkpoint's goldens, as a table: the largest
-/// |Δlogit| must stay within 1e-4 and every token sequence be equal.
-struct Parity {
-    checkpoint: String,
-    table: String,
-    worst: f32,
-    all_equal: bool,
-}
-
-impl Parity {
-    fn new(checkpoint: &str) -> Self {
-        let table = "image          prompt     max|dlogit|   tokens equal\n".to_owned();
-        Self { checkpoint: checkpoint.to_owned(), table, worst: 0.0, all_equal: true }
-    }
-
-    fn record(&mut self, label: (&str, &str), logits_npy: &str, logits: &[f32], tokens: &[u32], want: &[u32]) {
-        let path = fixtures().join("golden").join(&self.checkpoint).join(logits_npy);
-        let d = max_abs_diff(logits, &npy::read_f32(&path).unwrap().data);
-        self.worst = self.worst.max(d);
-        let equal = tokens == want;
-        self.all_equal &= equal;
-        self.table += &format!("{:<14} {:<10} {d:<13.3e} {equal}\n", label.0.trim_start_matches("images/"), label.1);
-    }
-
-    fn check(self) {
-        println!("{}:\n{}", self.checkpoint, self.table);
-        assert!(self.worst <= 1e-4, "{}", self.table);
-        assert!(self.all_equal, "{}", self.table);
-    }
 }
 
 #[test]
@@ -281,33 +228,10 @@ fn a_batch_answers_like_one_request_at_a_time() {
     }
 }
 
-/// A PNG whose header claims `w` x `h` pixels (only the header is read before refusing it).
-fn png_claiming(w: u32, h: u32) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    image::RgbImage::new(1, 1).write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
-    bytes[16..20].copy_from_slice(&w.to_be_bytes());
-    bytes[20..24].copy_from_slice(&h.to_be_bytes());
-    let mut c = 0xFFFF_FFFFu32;
-    for &b in &bytes[12..29] {
-        c ^= b as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-        }
-    }
-    bytes[29..33].copy_from_slice(&(!c).to_be_bytes());
-    bytes
-}
-
-fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("candle-qwen2vl-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 #[test]
 fn a_bad_item_in_a_batch_fails_alone_with_a_typed_error_naming_it() {
     let fx = fixtures();
-    let dir = temp_dir();
+    let dir = temp_dir("candle-qwen2vl");
     let corrupt = dir.join("corrupt.png");
     std::fs::write(&corrupt, b"\x89PNG not really").unwrap();
     let needle = dir.join("needle.png");
@@ -353,7 +277,7 @@ fn bad_configurations_are_named_at_load() {
     assert!(e.message.contains("config.json") && e.message.contains("qwen2_vl"), "{e}");
     // A checkpoint missing a piece names it.
     for (missing, named) in [("model.safetensors", "no weights"), ("tokenizer.json", "tokenizer.json")] {
-        let dir = temp_dir().join(format!("no-{missing}"));
+        let dir = temp_dir("candle-qwen2vl").join(format!("no-{missing}"));
         std::fs::create_dir_all(&dir).unwrap();
         for f in std::fs::read_dir(fx.join("checkpoints/qwen2vl")).unwrap() {
             let f = f.unwrap().path();

@@ -1,0 +1,131 @@
+//! What every backend's parity tests share (tests only; hidden from the docs): the fixtures
+//! folder and its goldens, a request in a message layout, a PNG that claims any size, a scratch
+//! folder, and [`Parity`], the first-step logits and greedy tokens table checked against the
+//! goldens. These helpers panic on a broken fixture: that is a failed test.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use vlsbench_plugin_api::{GenerateRequest, GenerationSettings, MessageLayout};
+
+/// The repository's `tests/fixtures` folder.
+pub fn fixtures() -> PathBuf {
+    crate::fixtures_dir()
+}
+
+/// `tests/fixtures/golden/<checkpoint>/golden.json`.
+pub fn golden(checkpoint: &str) -> Value {
+    let path = fixtures().join("golden").join(checkpoint).join("golden.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A golden list of ids (`input_ids`, `greedy_tokens`).
+pub fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// The largest |a - b| of two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+}
+
+/// A greedy request (`temperature` 0, `top_p` 1) for `prompt` and `image`, its messages in
+/// `layout` as the host sends them.
+pub fn request(id: &str, prompt: &str, image: &Path, max_new: u32, layout: &MessageLayout) -> GenerateRequest {
+    GenerateRequest {
+        id: id.into(),
+        messages: layout.messages(prompt, image),
+        settings: GenerationSettings { max_new_tokens: Some(max_new), temperature: Some(0.0), top_p: Some(1.0) },
+        response_format: None,
+    }
+}
+
+/// A PNG whose header claims `w` x `h` pixels (the data is a 1x1 image's: only the header is read
+/// before an over-large image is refused).
+pub fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image::RgbImage::new(1, 1).write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+    // IHDR: 8-byte signature, 4-byte length, "IHDR", width, height, ...; CRC over type + data.
+    bytes[16..20].copy_from_slice(&w.to_be_bytes());
+    bytes[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&bytes[12..29]);
+    bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
+
+/// CRC-32 (IEEE), as PNG chunks carry it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
+}
+
+/// A scratch folder for this test process, `<tmp>/<name>-test-<pid>`.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("{name}-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// First-step logits and greedy tokens against a checkpoint's goldens, as a table: the largest
+/// |Δlogit| must stay within 1e-4 and every token sequence be equal.
+pub struct Parity {
+    checkpoint: String,
+    table: String,
+    worst: f32,
+    all_equal: bool,
+}
+
+impl Parity {
+    pub fn new(checkpoint: &str) -> Self {
+        let table = "image          prompt     max|dlogit|   tokens equal\n".to_owned();
+        Self { checkpoint: checkpoint.to_owned(), table, worst: 0.0, all_equal: true }
+    }
+
+    /// One row: `label` is (image, prompt id), `logits_npy` the golden logits' file in the
+    /// checkpoint's golden folder, `want` the golden tokens.
+    pub fn record(&mut self, label: (&str, &str), logits_npy: &str, logits: &[f32], tokens: &[u32], want: &[u32]) {
+        let path = fixtures().join("golden").join(&self.checkpoint).join(logits_npy);
+        let d = max_abs_diff(logits, &crate::npy::read_f32(&path).unwrap().data);
+        self.worst = self.worst.max(d);
+        let equal = tokens == want;
+        self.all_equal &= equal;
+        self.table += &format!("{:<14} {:<10} {d:<13.3e} {equal}\n", label.0.trim_start_matches("images/"), label.1);
+    }
+
+    /// [`Parity::record`] for a golden case (its `image`, `prompt_id`, `first_step_logits.npy`
+    /// and `greedy_tokens`).
+    pub fn record_case(&mut self, case: &Value, logits: &[f32], tokens: &[u32]) {
+        let label = (case["image"].as_str().unwrap(), case["prompt_id"].as_str().unwrap());
+        let npy = case["first_step_logits"]["npy"].as_str().unwrap();
+        self.record(label, npy, logits, tokens, &ids(&case["greedy_tokens"]));
+    }
+
+    /// Prints the table; panics when a logit is off by more than 1e-4 or a token sequence differs.
+    pub fn check(self) {
+        println!("{}:\n{}", self.checkpoint, self.table);
+        assert!(self.worst <= 1e-4, "{}", self.table);
+        assert!(self.all_equal, "{}", self.table);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claimed_size_is_what_the_decoder_reads() {
+        let png = png_claiming(60_000, 70_000);
+        let dims = image::ImageReader::new(std::io::Cursor::new(png)).with_guessed_format().unwrap().into_dimensions();
+        assert_eq!(dims.unwrap(), (60_000, 70_000));
+    }
+}
