@@ -16,6 +16,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use candle_core::DType;
 use vlsbench_plugin_api::{GenerateRequest, GenerationSettings, MessageLayout};
 
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -62,6 +63,16 @@ impl BenchArgs {
             return Err("--new-tokens must be at least 2 and --batch at least 1".into());
         }
         Ok(Self { checkpoint, images, prompt, batch, new_tokens, dtype })
+    }
+
+    /// `--dtype` (f32, f16 or bf16) as candle's dtype.
+    pub fn dtype(&self) -> BenchResult<DType> {
+        match self.dtype.as_str() {
+            "f32" => Ok(DType::F32),
+            "bf16" => Ok(DType::BF16),
+            "f16" => Ok(DType::F16),
+            other => Err(format!("dtype {other}").into()),
+        }
     }
 
     /// `batch` requests, the images taken in turn, laid out as the backend declares for its arch.
@@ -134,5 +145,10 @@ mod tests {
         assert_eq!(r.len(), 3);
         assert_eq!(r[2].messages, MessageLayout::image_then_text().messages("Q?", std::path::Path::new("a.png")));
         assert!(BenchArgs::parse(["ck".to_owned()]).is_err());
+        assert_eq!(a.dtype().unwrap(), DType::F32);
+        let f16 = BenchArgs::parse(["ck", "--image", "a.png", "--dtype", "f16"].map(String::from)).unwrap();
+        assert_eq!(f16.dtype().unwrap(), DType::F16);
+        let bad = BenchArgs::parse(["ck", "--image", "a.png", "--dtype", "f64"].map(String::from)).unwrap();
+        assert_eq!(bad.dtype().unwrap_err().to_string(), "dtype f64");
     }
 }

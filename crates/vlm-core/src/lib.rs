@@ -24,7 +24,8 @@
 //! - [`greedy`]: the batched greedy loop (argmax, EOS, per-row budgets).
 //! - [`batch`]: a backend's `generate`: items prepared alone, decoded `max_batch` at a time,
 //!   answers finished (EOS left out, stripped as Python strips); `generate_one`'s single answer.
-//! - [`bench`]: our side of `cargo xtask bench <family>` (command line, timings, JSON line).
+//! - [`bench`]: our side of `cargo xtask bench <family>` (command line and its dtype, timings, JSON
+//!   line).
 //! - [`error`]: the model error every stage returns.
 //! - [`npy`]: reads the goldens' `.npy` files (tests and tools); `testing` (hidden): what every
 //!   backend's parity tests share (goldens, requests, a PNG claiming any size, the parity table).

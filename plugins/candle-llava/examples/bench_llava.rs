@@ -2,19 +2,14 @@
 //! the requests are prepared once, then the timed part runs the vision tower, the projector, the
 //! prompt and the decode steps.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use vlm_core::bench::{BenchArgs, BenchResult, measure};
 use vlsbench_backend_candle_llava::CandleLlava;
 use vlsbench_plugin_api::Backend;
 
 fn main() -> BenchResult<()> {
     let args = BenchArgs::from_env()?;
-    let dtype = match args.dtype.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        other => return Err(format!("dtype {other}").into()),
-    };
+    let dtype = args.dtype()?;
     let backend = CandleLlava::load(&args.checkpoint, dtype, &Device::Cpu)?;
     let layout = CandleLlava::describe().message_layout(backend.arch());
     let prepared = args.requests(&layout).iter().map(|r| backend.prepare(r)).collect::<Result<Vec<_>, _>>()?;

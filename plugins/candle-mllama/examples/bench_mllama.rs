@@ -2,7 +2,7 @@
 //! the requests are prepared once (image processor, template, tokenizer), then the timed part
 //! runs the vision encoder, the projector, the prompt and the decode steps.
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use vlm_core::bench::{BenchArgs, BenchResult, measure};
 use vlsbench_backend_candle_mllama::CandleMllama;
 use vlsbench_backend_candle_mllama::backend::ARCH;
@@ -11,12 +11,7 @@ use vlsbench_plugin_api::Backend;
 
 fn main() -> BenchResult<()> {
     let args = BenchArgs::from_env()?;
-    let dtype = match args.dtype.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        other => return Err(format!("dtype {other}").into()),
-    };
+    let dtype = args.dtype()?;
     let backend = CandleMllama::load(&args.checkpoint, dtype, &Device::Cpu)?;
     let layout = CandleMllama::describe().message_layout(ARCH);
     let prepared = args.requests(&layout).iter().map(|r| backend.prepare(r)).collect::<Result<Vec<_>, _>>()?;
