@@ -1,7 +1,7 @@
 //! What every native vlsbench VLM backend shares, one concern per module, in data-flow order:
 //!
 //! - [`request`]: a request's images and text, the manifest's checkpoint folder, `dtype`, `device`
-//!   and `[model.options]`, the devices a build serves.
+//!   and `[model.options]`, the devices a build serves, a request's greedy budget within the context.
 //! - [`config_json`]: reading a checkpoint's JSON configuration files (typed optional fields,
 //!   EOS ids, errors naming the file).
 //! - [`image`]: opening an image the way each reference loader does ([`image::ImageLoader`]:

@@ -1,11 +1,12 @@
 //! What a backend reads from a request and from the manifest's `[model]`: the images and the text
 //! of the chat messages, the checkpoint folder, `dtype` and `device` ([`checkpoint_dtype_device`]),
-//! `[model.options]` ([`options_table`]), and how a model error reaches the host.
+//! `[model.options]` ([`options_table`]), a request's budget of new tokens ([`greedy_budget`],
+//! [`budget_in_context`]), and how a model error reaches the host.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use vlsbench_plugin_api::{BackendConfig, BackendError, ChatMessage, ContentPart};
+use vlsbench_plugin_api::{BackendConfig, BackendError, ChatMessage, ContentPart, GenerateRequest};
 
 use crate::ModelError;
 
@@ -94,6 +95,38 @@ pub fn options_table<'a>(
     }
 }
 
+/// A request's budget of new tokens (`max_new_tokens`, default 128, the reference's); a sampling
+/// temperature is refused: every native backend decodes greedily.
+pub fn greedy_budget(req: &GenerateRequest) -> Result<usize, BackendError> {
+    if req.settings.temperature.is_some_and(|t| t > 0.0) {
+        return Err(BackendError::unsupported(format!(
+            "item {}: only greedy decoding (temperature 0) is supported",
+            req.id
+        )));
+    }
+    Ok(req.settings.max_new_tokens.unwrap_or(128) as usize)
+}
+
+/// `max_new` cut to the room a prompt of `prompt_len` tokens leaves in a `context`-token model; a
+/// prompt that fills it is the item's fault, named with its images.
+pub fn budget_in_context(
+    req: &GenerateRequest,
+    max_new: usize,
+    prompt_len: usize,
+    context: usize,
+) -> Result<usize, BackendError> {
+    let room = context.saturating_sub(prompt_len);
+    if room == 0 {
+        let files: Vec<String> = image_paths(&req.messages).iter().map(|p| p.display().to_string()).collect();
+        return Err(BackendError::bad_request(format!(
+            "item {}: the prompt (images {}) has {prompt_len} tokens, the model's context is {context}",
+            req.id,
+            files.join(", "),
+        )));
+    }
+    Ok(max_new.min(room))
+}
+
 /// The images of a request's messages, in order.
 pub fn image_paths(messages: &[ChatMessage]) -> Vec<&Path> {
     let parts = messages.iter().flat_map(|m| &m.content);
@@ -148,6 +181,20 @@ mod tests {
         assert_eq!(checkpoint_dtype_device(&config(Some("/abs"), Some("f16"))).unwrap().0, PathBuf::from("/abs"));
         assert!(checkpoint_dtype_device(&config(None, None)).unwrap_err().to_string().contains("no checkpoint"));
         assert!(checkpoint_dtype_device(&config(Some("ck"), Some("bf16"))).is_err());
+    }
+
+    #[test]
+    fn budgets_are_greedy_and_fit_the_context() {
+        let layout = vlsbench_plugin_api::MessageLayout::image_then_text();
+        let mut req = crate::testing::request("7", "Q", Path::new("a.png"), 10, &layout);
+        assert_eq!(greedy_budget(&req).unwrap(), 10);
+        assert_eq!(budget_in_context(&req, 10, 95, 100).unwrap(), 5);
+        let e = budget_in_context(&req, 10, 100, 100).unwrap_err();
+        assert_eq!(e.message, "item 7: the prompt (images a.png) has 100 tokens, the model's context is 100");
+        req.settings.temperature = Some(0.7);
+        assert!(greedy_budget(&req).unwrap_err().message.contains("only greedy decoding"));
+        req.settings = Default::default();
+        assert_eq!(greedy_budget(&req).unwrap(), 128);
     }
 
     #[test]

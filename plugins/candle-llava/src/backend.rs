@@ -20,7 +20,7 @@ use crate::image_proc;
 use crate::model::{Llava, PixelInput};
 use crate::original::{self, OriginalCheckpoint};
 use vlm_core::batch::{finish_generation, generate_in_batches, single};
-use vlm_core::request::{checkpoint_dtype_device, devices, image_paths, model_error, question};
+use vlm_core::request::{checkpoint_dtype_device, devices, greedy_budget, image_paths, model_error, question};
 use vlm_core::sentencepiece::SlowLlamaTokenizer;
 use vlm_core::template::ChatTemplate;
 use vlm_core::tokenizer::{PromptTokenizer, expand_image_tokens};
@@ -290,12 +290,7 @@ impl CandleLlava {
                 self.arch()
             )));
         }
-        if req.settings.temperature.is_some_and(|t| t > 0.0) {
-            return Err(BackendError::unsupported(format!(
-                "item {item}: only greedy decoding (temperature 0) is supported"
-            )));
-        }
-        let max_new = req.settings.max_new_tokens.unwrap_or(128) as usize;
+        let max_new = greedy_budget(req)?;
         let (ids, images) = self.prepare(req)?;
         let context = self.model.config.text.max_position_embeddings;
         let room = context.saturating_sub(ids.len());

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use vlm_core::batch::{finish_generation, generate_in_batches, single};
 use vlm_core::generation::{GenerationDefaults, OtherProcessors};
-use vlm_core::request::{checkpoint_dtype_device, devices, image_paths, model_error, options_table};
+use vlm_core::request::{
+    budget_in_context, checkpoint_dtype_device, devices, greedy_budget, image_paths, model_error, options_table,
+};
 use vlm_core::template::ChatTemplate;
 use vlm_core::tokenizer::PromptTokenizer;
 use vlsbench_plugin_api::{
@@ -123,27 +125,12 @@ impl CandleMllama {
 
     /// A request prepared for the decoder, with its budget of new tokens.
     fn embed_request(&self, req: &GenerateRequest) -> Result<(Prompt, usize), BackendError> {
-        let item = &req.id;
-        if req.settings.temperature.is_some_and(|t| t > 0.0) {
-            return Err(BackendError::unsupported(format!(
-                "item {item}: only greedy decoding (temperature 0) is supported"
-            )));
-        }
-        let max_new = req.settings.max_new_tokens.unwrap_or(128) as usize;
+        let max_new = greedy_budget(req)?;
         let (ids, images) = self.prepare(req)?;
-        let context = self.model.config.text.max_position_embeddings;
-        let room = context.saturating_sub(ids.len());
-        if room == 0 {
-            let files: Vec<String> = image_paths(&req.messages).iter().map(|p| p.display().to_string()).collect();
-            return Err(BackendError::bad_request(format!(
-                "item {item}: the prompt (images {}) has {} tokens, the model's context is {context}",
-                files.join(", "),
-                ids.len()
-            )));
-        }
+        let budget = budget_in_context(req, max_new, ids.len(), self.model.config.text.max_position_embeddings)?;
         let refs: Vec<&ProcessedImage> = images.iter().collect();
-        let prompt = self.model.prompt(&ids, &refs).map_err(|e| model_error(item, e))?;
-        Ok((prompt, max_new.min(room)))
+        let prompt = self.model.prompt(&ids, &refs).map_err(|e| model_error(&req.id, e))?;
+        Ok((prompt, budget))
     }
 
     /// The answer text for generated tokens (EOS not included), before stripping.
