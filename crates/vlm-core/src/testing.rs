@@ -1,6 +1,6 @@
 //! What every backend's parity tests share (tests only; hidden from the docs): the fixtures
 //! folder and its goldens, a request in a message layout, a PNG that claims any size, a scratch
-//! folder, and [`Parity`], the first-step logits and greedy tokens table checked against the
+//! folder, a checkpoint with a file left out, and [`Parity`], the first-step logits and greedy tokens table checked against the
 //! goldens. These helpers panic on a broken fixture: that is a failed test.
 
 #![allow(clippy::unwrap_used)]
@@ -74,6 +74,17 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("{name}-test-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// `to` (created) holding a copy of every file of the checkpoint folder `from` but `missing`.
+pub fn checkpoint_without(from: &Path, to: &Path, missing: &str) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap().path();
+        if f.file_name().unwrap() != missing {
+            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
 }
 
 /// First-step logits and greedy tokens against a checkpoint's goldens, as a table: the largest

@@ -402,7 +402,7 @@ impl Backend for CandleLlava {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vlm_core::testing::{png_claiming, temp_dir};
+    use vlm_core::testing::{checkpoint_without, png_claiming, temp_dir};
     use vlsbench_plugin_api::{ChatMessage, ContentPart, GenerationSettings, Role};
 
     /// The HF checkpoints' chat template, tokenizer and decoding against transformers' goldens.
@@ -659,13 +659,7 @@ mod tests {
             [("model.safetensors", "no weights (model.safetensors"), ("tokenizer.json", "tokenizer.json")]
         {
             let dir = temp_dir("candle-llava").join(format!("no-{missing}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            for f in std::fs::read_dir(fx.join("checkpoints/llava_hf")).unwrap() {
-                let f = f.unwrap().path();
-                if f.file_name().unwrap() != missing {
-                    std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-                }
-            }
+            checkpoint_without(&fx.join("checkpoints/llava_hf"), &dir, missing);
             let mut cfg = backend_config("llava_hf", "x");
             cfg.checkpoint = Some(dir.display().to_string());
             let e = CandleLlava::create(cfg).err().unwrap();
@@ -674,13 +668,7 @@ mod tests {
         }
         // The original format without its tokenizer.model.
         let dir = temp_dir("candle-llava").join("original-no-tokenizer");
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in std::fs::read_dir(fx.join("checkpoints/llava_original")).unwrap() {
-            let f = f.unwrap().path();
-            if f.file_name().unwrap() != "tokenizer.model" {
-                std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-            }
-        }
+        checkpoint_without(&fx.join("checkpoints/llava_original"), &dir, "tokenizer.model");
         let mut cfg = backend_config("llava", "x");
         cfg.checkpoint = Some(dir.display().to_string());
         cfg.options = serde_json::json!({"vision_tower": fx.join("checkpoints/llava_original_clip")});

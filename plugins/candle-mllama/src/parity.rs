@@ -9,7 +9,9 @@ use std::path::Path;
 
 use serde_json::Value;
 use vlm_core::npy;
-use vlm_core::testing::{self, Parity, fixtures, golden, ids, max_abs_diff, png_claiming, temp_dir};
+use vlm_core::testing::{
+    self, Parity, checkpoint_without, fixtures, golden, ids, max_abs_diff, png_claiming, temp_dir,
+};
 use vlsbench_plugin_api::{
     Backend, BackendConfig, ChatMessage, ContentPart, ErrorKind, GenerateRequest, GenerationSettings, MessageLayout,
     Role,
@@ -353,13 +355,7 @@ fn bad_configurations_are_named_at_load() {
         ("processor_config.json", "image processor"),
     ] {
         let dir = temp_dir("candle-mllama").join(format!("no-{missing}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in std::fs::read_dir(fx.join("checkpoints/mllama")).unwrap() {
-            let f = f.unwrap().path();
-            if f.file_name().unwrap() != missing {
-                std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-            }
-        }
+        checkpoint_without(&fx.join("checkpoints/mllama"), &dir, missing);
         let mut cfg = backend_config("mllama");
         cfg.checkpoint = Some(dir.display().to_string());
         let e = CandleMllama::create(cfg).err().unwrap();
