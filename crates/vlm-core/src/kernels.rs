@@ -1,6 +1,7 @@
 //! The CPU kernels the models share: a linear layer over any leading dimensions as one matrix
-//! product, a threaded f32 GEMV for a single row (a decode step at batch 1), and the activations
-//! transformers names in configs.
+//! product, a threaded f32 GEMV for a single row (a decode step at batch 1), the activations
+//! transformers names in configs, and image features spliced over a prompt's image tokens
+//! ([`splice_image_features`]).
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::Linear;
@@ -91,6 +92,35 @@ pub fn act(name: &str, x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// Token embeddings `emb` (n, hidden) with the rows at the image-token positions (`ids[i] ==
+/// image_id`) replaced, in order, by the rows of `features` (one per image token, cast to `emb`'s
+/// dtype): (n, hidden). The caller checks that the counts agree.
+pub fn splice_image_features(
+    emb: &Tensor,
+    ids: &[u32],
+    image_id: u32,
+    features: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let feats = features.to_dtype(emb.dtype())?;
+    let mut parts = Vec::new();
+    let (mut i, mut f) = (0usize, 0usize);
+    while i < ids.len() {
+        let is_img = ids[i] == image_id;
+        let mut j = i;
+        while j < ids.len() && (ids[j] == image_id) == is_img {
+            j += 1;
+        }
+        if is_img {
+            parts.push(feats.narrow(0, f, j - i)?);
+            f += j - i;
+        } else {
+            parts.push(emb.narrow(0, i, j - i)?);
+        }
+        i = j;
+    }
+    Tensor::cat(&parts, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +142,14 @@ mod tests {
         }
         let xb = Tensor::arange(0f32, 24.0, &dev).unwrap().reshape((3, 1, 8)).unwrap();
         assert_eq!(dense(&l, &xb).unwrap().dims(), &[3, 1, 5]);
+    }
+
+    #[test]
+    fn image_features_replace_the_image_tokens_in_order() {
+        let dev = candle_core::Device::Cpu;
+        let emb = Tensor::new(&[[0f32], [1.], [2.], [3.], [4.]], &dev).unwrap();
+        let feats = Tensor::new(&[[10f32], [11.], [12.]], &dev).unwrap();
+        let got = splice_image_features(&emb, &[5, 9, 9, 5, 9], 9, &feats).unwrap();
+        assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0., 10., 11., 3., 12.]);
     }
 }

@@ -15,7 +15,7 @@
 //! - [`weights`]: safetensors (memory-mapped, single or sharded) and PyTorch pickle shards, weight
 //!   prefixes, named missing weights.
 //! - [`kernels`]: linear layers over any leading dimensions, a threaded f32 GEMV for decode
-//!   steps, activations.
+//!   steps, activations, image features spliced over a prompt's image tokens.
 //! - [`attention`]: f32 attention in blocks of query rows (bounded memory for large images) and
 //!   `repeat_kv` for grouped-query heads.
 //! - [`kv`]: the KV cache written in place, left padding and its attention mask.

@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::Linear;
 use vlm_core::greedy::greedy_loop;
-use vlm_core::kernels::{act, dense};
+use vlm_core::kernels::{act, dense, splice_image_features};
 use vlm_core::kv::left_pad;
 use vlm_core::weights::{linear, pick_prefix, var_builder};
 pub use vlm_core::{ModelError, Result};
@@ -240,26 +240,8 @@ impl Llava {
         if n_img == 0 {
             return Ok(emb.unsqueeze(0)?);
         }
-        let feats = image_features.map(|f| f.to_dtype(emb.dtype())).transpose()?;
-        let mut parts = Vec::new();
-        let (mut i, mut f) = (0usize, 0usize);
-        while i < ids.len() {
-            let is_img = ids[i] == image_id;
-            let mut j = i;
-            while j < ids.len() && (ids[j] == image_id) == is_img {
-                j += 1;
-            }
-            if is_img {
-                if let Some(feats) = &feats {
-                    parts.push(feats.narrow(0, f, j - i)?);
-                }
-                f += j - i;
-            } else {
-                parts.push(emb.narrow(0, i, j - i)?);
-            }
-            i = j;
-        }
-        Ok(Tensor::cat(&parts, 0)?.unsqueeze(0)?)
+        let Some(feats) = image_features else { return Ok(emb.unsqueeze(0)?) };
+        Ok(splice_image_features(&emb, ids, image_id, feats)?.unsqueeze(0)?)
     }
 
     /// Greedy decoding: the first step's logits and the generated tokens (stops after

@@ -12,6 +12,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use vlm_core::generation::RepetitionPenalty;
 use vlm_core::greedy::greedy_loop;
+use vlm_core::kernels::splice_image_features;
 use vlm_core::kv::left_pad;
 use vlm_core::weights::{pick_prefix, var_builder};
 use vlm_core::{ModelError, Result};
@@ -85,24 +86,7 @@ impl Qwen2Vl {
             )));
         }
         let Some(feats) = features else { return Ok(emb.unsqueeze(0)?) };
-        let feats = feats.to_dtype(emb.dtype())?;
-        let mut parts = Vec::new();
-        let (mut i, mut f) = (0usize, 0usize);
-        while i < ids.len() {
-            let is_img = ids[i] == image_id;
-            let mut j = i;
-            while j < ids.len() && (ids[j] == image_id) == is_img {
-                j += 1;
-            }
-            if is_img {
-                parts.push(feats.narrow(0, f, j - i)?);
-                f += j - i;
-            } else {
-                parts.push(emb.narrow(0, i, j - i)?);
-            }
-            i = j;
-        }
-        Ok(Tensor::cat(&parts, 0)?.unsqueeze(0)?)
+        Ok(splice_image_features(&emb, ids, image_id, feats)?.unsqueeze(0)?)
     }
 
     /// `get_rope_index` for one unpadded prompt.
