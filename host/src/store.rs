@@ -54,7 +54,7 @@ pub struct AnswerProvenance {
     pub dtype: Option<String>,
     pub settings: GenerationSettings,
     /// How the item's messages were laid out, as the backend declared it (`MessageLayout::id`),
-    /// e.g. `system("You are a helpful assistant.") + user[text, image]`.
+    /// e.g. `openai-reference-v1` or `system("Be brief.") + user[text, image]`.
     pub prompt: String,
     /// SHA-256 (hex) of the backend's options; the options themselves (which may name secrets) are
     /// never stored.
@@ -414,7 +414,7 @@ pub(crate) mod test_samples {
             device: None,
             dtype: None,
             settings: GenerationSettings::reference(),
-            prompt: "user[text, image]".into(),
+            prompt: "openai-reference-v1".into(),
             options_sha256: sha256_hex("{}"),
         }
     }

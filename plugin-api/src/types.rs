@@ -298,9 +298,18 @@ impl MessageLayout {
         Self { system: None, user: UserParts::TextThenImage }
     }
 
-    /// The layout as recorded in each answer's provenance: `user[image, text]`, or with a system
-    /// message `system("You are a helpful assistant.") + user[text, image]`.
+    /// The layout as recorded in each answer's provenance. The three layouts hosts before ABI 1.1
+    /// chose by arch name keep the ids they recorded then (`openai-reference-v1`,
+    /// `user-text-image-v1`, `user-image-text-v1`), so that runs made before resume without
+    /// generating again; any other layout is described in full, e.g. `system("Be brief.") +
+    /// user[text, image]`.
     pub fn id(&self) -> String {
+        match (self.system.as_deref(), self.user) {
+            (None, UserParts::ImageThenText) => return "user-image-text-v1".into(),
+            (None, UserParts::TextThenImage) => return "user-text-image-v1".into(),
+            (Some("You are a helpful assistant."), UserParts::TextThenImage) => return "openai-reference-v1".into(),
+            _ => {}
+        }
         let user = match self.user {
             UserParts::ImageThenText => "user[image, text]",
             UserParts::TextThenImage => "user[text, image]",
@@ -416,7 +425,11 @@ mod tests {
         let plain = MessageLayout::default().messages("q", std::path::Path::new("i.png"));
         assert_eq!(plain.len(), 1);
         assert_eq!(plain[0].content, vec![ContentPart::image("i.png"), ContentPart::text("q")]);
-        assert_eq!(MessageLayout::default().id(), "user[image, text]");
+        assert_eq!(MessageLayout::default().id(), "user-image-text-v1");
+        assert_eq!(MessageLayout::text_then_image().id(), "user-text-image-v1");
+        let reference =
+            MessageLayout { system: Some("You are a helpful assistant.".into()), user: UserParts::TextThenImage };
+        assert_eq!(reference.id(), "openai-reference-v1");
     }
 
     #[test]

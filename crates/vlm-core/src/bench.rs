@@ -67,12 +67,10 @@ impl BenchArgs {
 
     /// `--dtype` (f32, f16 or bf16) as candle's dtype.
     pub fn dtype(&self) -> BenchResult<DType> {
-        match self.dtype.as_str() {
-            "f32" => Ok(DType::F32),
-            "bf16" => Ok(DType::BF16),
-            "f16" => Ok(DType::F16),
-            other => Err(format!("dtype {other}").into()),
-        }
+        // As a manifest's dtype is read, bf16 refused on the CPU with the same message.
+        let dtype = crate::request::parse_dtype(Some(&self.dtype))?;
+        crate::request::check_dtype_on_device(dtype, &candle_core::Device::Cpu)?;
+        Ok(dtype)
     }
 
     /// `batch` requests, the images taken in turn, laid out as the backend declares for its arch.
@@ -149,6 +147,8 @@ mod tests {
         let f16 = BenchArgs::parse(["ck", "--image", "a.png", "--dtype", "f16"].map(String::from)).unwrap();
         assert_eq!(f16.dtype().unwrap(), DType::F16);
         let bad = BenchArgs::parse(["ck", "--image", "a.png", "--dtype", "f64"].map(String::from)).unwrap();
-        assert_eq!(bad.dtype().unwrap_err().to_string(), "dtype f64");
+        assert!(bad.dtype().unwrap_err().to_string().contains("dtype \"f64\" is not supported"));
+        let bf16 = BenchArgs::parse(["ck", "--image", "a.png", "--dtype", "bf16"].map(String::from)).unwrap();
+        assert!(bf16.dtype().unwrap_err().to_string().contains("bf16 needs device cuda"));
     }
 }

@@ -96,8 +96,16 @@ pub fn options_table<'a>(
 }
 
 /// A request's budget of new tokens (`max_new_tokens`, default 128, the reference's); a sampling
-/// temperature is refused: every native backend decodes greedily.
+/// temperature and a response format are refused: every native backend decodes greedily and
+/// cannot constrain its output to a schema.
 pub fn greedy_budget(req: &GenerateRequest) -> Result<usize, BackendError> {
+    // A judge that asks for a JSON schema must not get unconstrained text back as if it obeyed.
+    if req.response_format.is_some() {
+        return Err(BackendError::unsupported(format!(
+            "item {}: response formats (structured output) are not supported by the local backends",
+            req.id
+        )));
+    }
     if req.settings.temperature.is_some_and(|t| t > 0.0) {
         return Err(BackendError::unsupported(format!(
             "item {}: only greedy decoding (temperature 0) is supported",

@@ -20,7 +20,9 @@ use crate::image_proc;
 use crate::model::{Llava, PixelInput};
 use crate::original::{self, OriginalCheckpoint};
 use vlm_core::batch::{finish_generation, generate_in_batches, single};
-use vlm_core::request::{checkpoint_dtype_device, devices, greedy_budget, image_paths, model_error, question};
+use vlm_core::request::{
+    checkpoint_dtype_device, devices, greedy_budget, image_paths, model_error, options_table, question,
+};
 use vlm_core::sentencepiece::SlowLlamaTokenizer;
 use vlm_core::template::ChatTemplate;
 use vlm_core::tokenizer::{PromptTokenizer, expand_image_tokens};
@@ -284,12 +286,6 @@ impl CandleLlava {
     /// Everything one request needs before decoding: its input embeddings and token budget.
     fn embed_request(&self, req: &GenerateRequest) -> Result<(Tensor, usize), BackendError> {
         let item = &req.id;
-        if req.response_format.is_some() {
-            return Err(BackendError::unsupported(format!(
-                "item {item}: response formats are not supported by {}",
-                self.arch()
-            )));
-        }
         let max_new = greedy_budget(req)?;
         let (ids, images) = self.prepare(req)?;
         let context = self.model.config.text.max_position_embeddings;
@@ -363,6 +359,8 @@ impl Backend for CandleLlava {
             )));
         }
         let (dir, dtype, device) = checkpoint_dtype_device(&config)?;
+        // A misspelt option is an error, not silently ignored.
+        options_table(&config.options, &["vision_tower"], "candle-llava takes vision_tower (arch llava)")?;
         let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { config.base_dir.join(p) };
         let vision_tower = match config.options.get("vision_tower") {
             None | Some(serde_json::Value::Null) => None,
@@ -615,6 +613,30 @@ mod tests {
     #[test]
     fn a_batch_answers_like_one_request_at_a_time_llava() {
         batch_equals_one_by_one("llava", "checkpoints/llava_original");
+    }
+
+    /// A prompt that leaves room for only two new tokens, decoded beside a prompt with a budget of
+    /// eight: the long row finishes first and keeps stepping with the batch, which must neither
+    /// fail the batch nor change either answer.
+    #[test]
+    fn a_prompt_at_the_edge_of_the_context_does_not_fail_its_batch() {
+        let fx = crate::test_util::fixtures();
+        let b = CandleLlava::create(backend_config("llava_hf", "checkpoints/llava_hf")).unwrap();
+        let image = fx.join("images/square.png");
+        let context = b.model().config.text.max_position_embeddings;
+        let len = |words: usize| b.prepare(&request("0", &"cat ".repeat(words), &image, 8)).unwrap().0.len();
+        let (base, per_word) = (len(100), len(101) - len(100));
+        assert!(per_word > 0);
+        let words = 100 + (context - 2 - base) / per_word;
+        let edge = request("edge", &"cat ".repeat(words), &image, 8);
+        let room = context - b.prepare(&edge).unwrap().0.len();
+        assert!((1..8).contains(&room), "the edge prompt leaves {room} positions");
+        let short = request("short", "What is this?", &image, 8);
+        let out = b.generate(vec![edge.clone(), short.clone()]);
+        let edge_answer = out[0].as_ref().unwrap();
+        assert_eq!(edge_answer.tokens, Some(room as u32), "{edge_answer:?}");
+        assert_eq!(edge_answer, &b.generate_one(&edge).unwrap());
+        assert_eq!(out[1].as_ref().unwrap(), &b.generate_one(&short).unwrap());
     }
 
     #[test]

@@ -11,10 +11,10 @@
 //!   `vlm_core::sentencepiece`'s slow Llama tokenizer).
 //! - [`clip`]: the CLIP vision tower; [`llama`]: the Llama text model with its KV cache.
 //! - [`model`]: LLaVA itself: tower, projector and text model joined, batched greedy decoding.
+//! - [`backend`]: the vlsbench `Backend`.
 //!
 //! What every native backend shares (weights, templates, tokenizers, image loading, resizing, KV
 //! cache, greedy loop, kernels) comes from `vlm_core`.
-//! - [`backend`]: the vlsbench `Backend`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

@@ -207,14 +207,19 @@ impl LlamaModel {
         let start = cache.len;
         let total = start + n;
         let longest = total - pads.iter().copied().min().unwrap_or(0);
-        if longest > self.max_positions {
+        // Only the prompt can be too long: each row's budget of new tokens fits its context, and a
+        // row that has finished keeps stepping (its tokens ignored) while the others go on, so its
+        // positions are held at the last one instead of failing the whole batch.
+        if start == 0 && longest > self.max_positions {
             return Err(ModelError::Input(format!(
                 "the sequence needs {longest} positions, more than the model's {} (max_position_embeddings)",
                 self.max_positions
             )));
         }
         let dev = embeds.device();
-        let pos = Tensor::from_vec(padded_positions(pads, start, n), b * n, dev)?;
+        let last = self.max_positions.saturating_sub(1) as u32;
+        let positions: Vec<u32> = padded_positions(pads, start, n).into_iter().map(|p| p.min(last)).collect();
+        let pos = Tensor::from_vec(positions, b * n, dev)?;
         let half = self.cos.dim(1)?;
         let cos = self.cos.index_select(&pos, 0)?.reshape((b, n, half))?;
         let sin = self.sin.index_select(&pos, 0)?.reshape((b, n, half))?;

@@ -306,14 +306,19 @@ impl TextModel {
         }
         let start = cache.len;
         let longest = start + n - pads.iter().copied().min().unwrap_or(0);
-        if longest > self.max_positions {
+        // Only the prompt can be too long: each row's budget of new tokens fits its context, and a
+        // row that has finished keeps stepping (its tokens ignored) while the others go on, so its
+        // positions are held at the last one instead of failing the whole batch.
+        if start == 0 && longest > self.max_positions {
             return Err(ModelError::Input(format!(
                 "the sequence needs {longest} positions, more than the model's context of {} (max_position_embeddings)",
                 self.max_positions
             )));
         }
         let dev = embeds.device();
-        let (cos, sin) = self.rope(&padded_positions(pads, start, n), b, n, dev)?;
+        let last = self.max_positions.saturating_sub(1) as u32;
+        let positions: Vec<u32> = padded_positions(pads, start, n).into_iter().map(|p| p.min(last)).collect();
+        let (cos, sin) = self.rope(&positions, b, n, dev)?;
         let mask = padded_causal_mask(pads, start, n, DType::F32, dev)?;
         let mut x = embeds.to_dtype(self.dtype)?;
         let (mut si, mut ci) = (0, 0);
