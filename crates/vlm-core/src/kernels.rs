@@ -1,23 +1,26 @@
-//! The CPU kernels the models share: a linear layer over any leading dimensions as one matrix
-//! product, a threaded f32 GEMV for a single row (a decode step at batch 1), the activations
-//! transformers names in configs, and image features spliced over a prompt's image tokens
-//! ([`splice_image_features`]).
+//! The CPU kernels the models share: a linear layer over any leading dimensions ([`dense`]) with
+//! its weights in f32, f16 or bf16 and its math in f32 on the CPU ([`linear`]: a threaded GEMV for
+//! decode steps, a panelled GEMM for prefill), the activations transformers names in configs, and
+//! image features spliced over a prompt's image tokens ([`splice_image_features`]).
 
-use candle_core::{DType, Module, Tensor};
+pub mod linear;
+
+use candle_core::{DType, Module, Storage, Tensor};
 use candle_nn::Linear;
 
-/// A linear layer over any leading dimensions as one matrix product: (…, in) → (…, out). candle's
-/// `Linear` on a 3-D input runs one product per batch row, reading the weights once per row;
-/// flattened, a batch of decode steps reads them once.
+/// A linear layer over any leading dimensions: (…, in) → (…, out).
+///
+/// On the CPU with an f32 input and weights in f32, f16 or bf16, the product runs in
+/// [`linear::linear`] (f32 math, the weights read as stored, output f32): a GEMV for up to
+/// [`linear::GEMV_MAX_ROWS`] rows (decode steps of a batch share one pass over the weights), else
+/// a GEMM over panels of widened weights. Otherwise (CUDA, or an input in a half dtype) candle's
+/// `Linear` on the input flattened to 2-D: on a 3-D input candle runs one product per batch row,
+/// reading the weights once per row; flattened, it reads them once.
 pub fn dense(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
-    let dims = x.dims();
-    if x.elem_count() == *dims.last().unwrap_or(&0)
-        && let Some(y) = gemv_cpu_f32(l, x)?
-    {
-        let mut out = dims[..dims.len().saturating_sub(1)].to_vec();
-        out.push(y.dim(1)?);
-        return y.reshape(out);
+    if let Some(y) = dense_cpu(l, x)? {
+        return Ok(y);
     }
+    let dims = x.dims();
     if dims.len() <= 2 {
         return l.forward(x);
     }
@@ -29,55 +32,43 @@ pub fn dense(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
     y.reshape(out)
 }
 
-/// One input row through a linear layer on the CPU in f32 (a decode step at batch 1): the weight
-/// rows streamed once, split across rayon's threads, each output a dot product. A decode step is
-/// bound by memory bandwidth; candle's general matrix product reaches less of it for a single row
-/// (measured: 8 GB/s against 10-11 GB/s here on the 2-core CI machine). `None` when the layer is
-/// not a contiguous f32 CPU tensor.
-fn gemv_cpu_f32(l: &Linear, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    use candle_core::Storage;
-    use rayon::prelude::*;
+/// [`dense`] through [`linear::linear`], or `None` when the layer or the input is not one it
+/// takes (not on the CPU, an input not in f32, a weight not a contiguous 2-D f32/f16/bf16 tensor,
+/// sizes that disagree: candle then reports them).
+fn dense_cpu(l: &Linear, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    use linear::WeightRows;
     let w = l.weight();
-    if w.dtype() != DType::F32 || x.dtype() != DType::F32 || !w.device().is_cpu() || w.rank() != 2 {
+    if !w.device().is_cpu() || x.dtype() != DType::F32 || w.rank() != 2 || x.rank() == 0 {
         return Ok(None);
     }
     let (out_dim, in_dim) = w.dims2()?;
-    if x.elem_count() != in_dim {
+    if x.dims().last() != Some(&in_dim) {
         return Ok(None);
     }
-    let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let (storage, layout) = w.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { return Ok(None) };
-    let Some((start, end)) = layout.contiguous_offsets() else { return Ok(None) };
-    let weights = &cpu.as_slice::<f32>()?[start..end];
-    let mut y = vec![0f32; out_dim];
-    let rows_per_task = out_dim.div_ceil(rayon::current_num_threads().max(1) * 4).max(16);
-    y.par_chunks_mut(rows_per_task).enumerate().for_each(|(c, ys)| {
-        let first = c * rows_per_task;
-        for (r, yo) in ys.iter_mut().enumerate() {
-            let row = &weights[(first + r) * in_dim..(first + r + 1) * in_dim];
-            *yo = dot(row, &xs);
-        }
-    });
-    drop(storage);
-    let y = Tensor::from_vec(y, (1, out_dim), w.device())?;
-    Ok(Some(match l.bias() {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    }))
-}
-
-/// A dot product in 16 independent lanes (so the compiler vectorises it without reassociating).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    let bias: Option<Vec<f32>> = match l.bias() {
+        Some(b) => Some(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?),
+        None => None,
+    };
+    let x = x.contiguous()?;
+    let (ws, wl) = w.storage_and_layout();
+    let (xs, xl) = x.storage_and_layout();
+    let (Storage::Cpu(wc), Storage::Cpu(xc)) = (&*ws, &*xs) else { return Ok(None) };
+    let (Some((w0, w1)), Some((x0, x1))) = (wl.contiguous_offsets(), xl.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    let rows = match w.dtype() {
+        DType::F32 => WeightRows::F32(&wc.as_slice::<f32>()?[w0..w1]),
+        DType::F16 => WeightRows::F16(&wc.as_slice::<half::f16>()?[w0..w1]),
+        DType::BF16 => WeightRows::Bf16(&wc.as_slice::<half::bf16>()?[w0..w1]),
+        _ => return Ok(None),
+    };
+    let input = &xc.as_slice::<f32>()?[x0..x1];
+    let y = linear::linear(rows, out_dim, in_dim, input, bias.as_deref(), linear::detected_isa())
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    drop((ws, xs));
+    let mut shape = x.dims()[..x.rank() - 1].to_vec();
+    shape.push(out_dim);
+    Ok(Some(Tensor::from_vec(y, shape, w.device())?))
 }
 
 /// An activation by its transformers name (`hidden_act`, `projector_hidden_act`).
@@ -142,6 +133,25 @@ mod tests {
         }
         let xb = Tensor::arange(0f32, 24.0, &dev).unwrap().reshape((3, 1, 8)).unwrap();
         assert_eq!(dense(&l, &xb).unwrap().dims(), &[3, 1, 5]);
+    }
+
+    #[test]
+    fn half_weights_give_the_f32_product_of_the_upcast_weights() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (37, 53), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 37, &dev).unwrap();
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let half = Linear::new(w.to_dtype(dtype).unwrap(), Some(b.clone()));
+            let up = Linear::new(w.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap(), Some(b.clone()));
+            for rows in [1, 3, 100] {
+                let x = Tensor::randn(0f32, 1.0, (rows, 1, 53), &dev).unwrap();
+                let got = dense(&half, &x).unwrap();
+                assert_eq!((got.dims(), got.dtype()), (&[rows, 1, 37][..], DType::F32));
+                let want = up.forward(&x.reshape((rows, 53)).unwrap()).unwrap().reshape((rows, 1, 37)).unwrap();
+                let d: f32 = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+                assert!(d < 1e-4, "{dtype:?} rows {rows}: {d}");
+            }
+        }
     }
 
     #[test]

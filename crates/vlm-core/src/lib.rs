@@ -14,8 +14,11 @@
 //!   clean-up pass, Python's `strip`; [`sentencepiece`]: SentencePiece and the slow Llama tokenizer.
 //! - [`weights`]: safetensors (memory-mapped, single or sharded) and PyTorch pickle shards, weight
 //!   prefixes, named missing weights.
-//! - [`kernels`]: linear layers over any leading dimensions, a threaded f32 GEMV for decode
-//!   steps, activations, image features spliced over a prompt's image tokens.
+//! - [`precision`]: which weights stay in the run's dtype and which dtype the math runs in (f32
+//!   on the CPU, with f16 / bf16 linear-layer weights kept 2 bytes a value).
+//! - [`kernels`]: linear layers over any leading dimensions with f32, f16 or bf16 weights and f32
+//!   math on the CPU (a threaded GEMV for decode steps, a panelled GEMM for prefill), activations,
+//!   image features spliced over a prompt's image tokens.
 //! - [`attention`]: f32 attention in blocks of query rows (bounded memory for large images) and
 //!   `repeat_kv` for grouped-query heads.
 //! - [`kv`]: the KV cache written in place, left padding and its attention mask.
@@ -43,6 +46,7 @@ pub mod image;
 pub mod kernels;
 pub mod kv;
 pub mod npy;
+pub mod precision;
 pub mod request;
 pub mod resize;
 pub mod sentencepiece;

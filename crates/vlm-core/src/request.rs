@@ -40,14 +40,15 @@ pub fn parse_device(s: Option<&str>) -> Result<Device, BackendError> {
     }
 }
 
-/// bf16 on the CPU is refused: candle 0.11's CPU matmul has no bf16 kernel.
+/// Whether `dtype` runs on `device`. Every dtype the manifest takes (f32, f16, bf16) runs on the
+/// CPU (half weights kept half, math in f32: [`crate::precision`]) and on CUDA.
 pub fn check_dtype_on_device(dtype: DType, device: &Device) -> Result<(), BackendError> {
-    if dtype == DType::BF16 && device.is_cpu() {
-        return Err(BackendError::bad_config(
-            "dtype bf16 needs device cuda: candle 0.11's CPU matrix product has no bf16 kernel (use f32 or f16 on cpu)",
-        ));
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => Ok(()),
+        other => {
+            Err(BackendError::bad_config(format!("dtype {other:?} is not supported on {device:?} (f32, f16, bf16)")))
+        }
     }
-    Ok(())
 }
 
 /// The devices a backend built with this crate serves, as `describe` lists them: `cpu`, and `cuda`
@@ -188,7 +189,9 @@ mod tests {
         assert_eq!((dir, dtype, device.is_cpu()), (PathBuf::from("/manifests/ck"), DType::F32, true));
         assert_eq!(checkpoint_dtype_device(&config(Some("/abs"), Some("f16"))).unwrap().0, PathBuf::from("/abs"));
         assert!(checkpoint_dtype_device(&config(None, None)).unwrap_err().to_string().contains("no checkpoint"));
-        assert!(checkpoint_dtype_device(&config(Some("ck"), Some("bf16"))).is_err());
+        let (_, dtype, device) = checkpoint_dtype_device(&config(Some("ck"), Some("bf16"))).unwrap();
+        assert_eq!((dtype, device.is_cpu()), (DType::BF16, true));
+        assert!(check_dtype_on_device(DType::F64, &Device::Cpu).is_err());
     }
 
     #[test]

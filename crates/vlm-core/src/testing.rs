@@ -88,18 +88,39 @@ pub fn checkpoint_without(from: &Path, to: &Path, missing: &str) {
 }
 
 /// First-step logits and greedy tokens against a checkpoint's goldens, as a table: the largest
-/// |Δlogit| must stay within 1e-4 and every token sequence be equal.
+/// |Δlogit| must stay within the tolerance (1e-4 for an f32 run) and every token sequence be equal.
 pub struct Parity {
     checkpoint: String,
+    title: String,
+    tolerance: f32,
     table: String,
     worst: f32,
     all_equal: bool,
 }
 
 impl Parity {
+    /// An f32 run against the goldens: logits within 1e-4.
     pub fn new(checkpoint: &str) -> Self {
+        Self::with_tolerance(checkpoint, "f32", 1e-4)
+    }
+
+    /// A run in `dtype` (its weights rounded to it) against the f32 goldens: logits within
+    /// `tolerance`, tokens equal.
+    pub fn with_tolerance(checkpoint: &str, dtype: &str, tolerance: f32) -> Self {
         let table = "image          prompt     max|dlogit|   tokens equal\n".to_owned();
-        Self { checkpoint: checkpoint.to_owned(), table, worst: 0.0, all_equal: true }
+        Self {
+            checkpoint: checkpoint.to_owned(),
+            title: format!("{checkpoint} ({dtype}, logits within {tolerance:e})"),
+            tolerance,
+            table,
+            worst: 0.0,
+            all_equal: true,
+        }
+    }
+
+    /// The largest |Δlogit| recorded so far.
+    pub fn worst(&self) -> f32 {
+        self.worst
     }
 
     /// One row: `label` is (image, prompt id), `logits_npy` the golden logits' file in the
@@ -121,11 +142,12 @@ impl Parity {
         self.record(label, npy, logits, tokens, &ids(&case["greedy_tokens"]));
     }
 
-    /// Prints the table; panics when a logit is off by more than 1e-4 or a token sequence differs.
+    /// Prints the table; panics when a logit is off by more than the tolerance or a token sequence
+    /// differs.
     pub fn check(self) {
-        println!("{}:\n{}", self.checkpoint, self.table);
-        assert!(self.worst <= 1e-4, "{}", self.table);
-        assert!(self.all_equal, "{}", self.table);
+        println!("{}: worst {:.3e}\n{}", self.title, self.worst, self.table);
+        assert!(self.worst <= self.tolerance, "{}\n{}", self.title, self.table);
+        assert!(self.all_equal, "{}\n{}", self.title, self.table);
     }
 }
 

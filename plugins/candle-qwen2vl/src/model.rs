@@ -14,6 +14,7 @@ use vlm_core::generation::RepetitionPenalty;
 use vlm_core::greedy::greedy_loop;
 use vlm_core::kernels::splice_image_features;
 use vlm_core::kv::left_pad;
+use vlm_core::precision::compute_dtype;
 use vlm_core::weights::{pick_prefix, var_builder};
 use vlm_core::{ModelError, Result};
 
@@ -37,6 +38,8 @@ pub struct Qwen2Vl {
     pub vision: VisionTower,
     pub text: TextModel,
     pub device: Device,
+    /// The run's dtype: the linear layers' weights; activations run in
+    /// [`vlm_core::precision::compute_dtype`] (f32 on the CPU).
     pub dtype: DType,
 }
 
@@ -52,7 +55,7 @@ impl Qwen2Vl {
         })?;
         let strip = |p: &str| p.trim_end_matches('.').to_owned();
         let vision = VisionTower::load(vb.pp(strip(vis)), &config.vision).map_err(|e| at(e, "vision tower"))?;
-        let text = TextModel::load(vb.pp(strip(txt)), vb.pp("lm_head"), &config.text, dtype)
+        let text = TextModel::load(vb.pp(strip(txt)), vb.pp("lm_head"), &config.text, compute_dtype(dtype, device))
             .map_err(|e| at(e, "text model"))?;
         Ok(Self { config, vision, text, device: device.clone(), dtype })
     }

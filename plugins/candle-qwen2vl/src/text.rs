@@ -18,7 +18,8 @@ use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use vlm_core::attention::{attention, repeat_kv};
 use vlm_core::kernels::{act, dense};
 use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask};
-use vlm_core::weights::{linear, need};
+use vlm_core::precision::{compute, linear};
+use vlm_core::weights::need;
 use vlm_core::{ModelError, Result};
 
 use crate::config::TextConfig;
@@ -137,9 +138,9 @@ impl DecoderLayer {
         need(&vb, "input_layernorm.weight")?;
         need(&vb, "post_attention_layernorm.weight")?;
         Ok(Self {
-            ln1: candle_nn::rms_norm(h, c.rms_norm_eps, vb.pp("input_layernorm"))?,
+            ln1: candle_nn::rms_norm(h, c.rms_norm_eps, compute(&vb.pp("input_layernorm")))?,
             attn: Attention::load(vb.pp("self_attn"), c)?,
-            ln2: candle_nn::rms_norm(h, c.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            ln2: candle_nn::rms_norm(h, c.rms_norm_eps, compute(&vb.pp("post_attention_layernorm")))?,
             gate: linear(vb.pp("mlp.gate_proj"), h, i, false)?,
             up: linear(vb.pp("mlp.up_proj"), h, i, false)?,
             down: linear(vb.pp("mlp.down_proj"), i, h, false)?,
@@ -165,11 +166,13 @@ pub struct TextModel {
     /// For each rotary frequency, the position row (0 temporal, 1 height, 2 width) it reads.
     section_of: Vec<usize>,
     max_positions: usize,
+    /// The dtype activations run in ([`vlm_core::precision::compute_dtype`]).
     dtype: DType,
 }
 
 impl TextModel {
-    /// `model` holds `embed_tokens`, `layers.*`, `norm`; `lm_head` the output projection.
+    /// `model` holds `embed_tokens`, `layers.*`, `norm`; `lm_head` the output projection; both in
+    /// the run's dtype, `dtype` the compute dtype.
     pub fn load(model: VarBuilder, lm_head: VarBuilder, c: &TextConfig, dtype: DType) -> Result<Self> {
         need(&model, "embed_tokens.weight")?;
         let embed = candle_nn::embedding(c.vocab_size, c.hidden_size, model.pp("embed_tokens"))?;
@@ -177,7 +180,7 @@ impl TextModel {
             .map(|i| DecoderLayer::load(model.pp(format!("layers.{i}")), c))
             .collect::<Result<_>>()?;
         need(&model, "norm.weight")?;
-        let norm = candle_nn::rms_norm(c.hidden_size, c.rms_norm_eps, model.pp("norm"))?;
+        let norm = candle_nn::rms_norm(c.hidden_size, c.rms_norm_eps, compute(&model.pp("norm")))?;
         let lm_head = if lm_head.contains_tensor("weight") {
             linear(lm_head, c.hidden_size, c.vocab_size, false)?
         } else if c.tie_word_embeddings {
@@ -193,7 +196,7 @@ impl TextModel {
     }
 
     pub fn embed(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
-        self.embed.forward(&Tensor::new(ids, device)?)
+        self.embed.forward(&Tensor::new(ids, device)?)?.to_dtype(self.dtype)
     }
 
     pub fn new_cache(&self) -> Cache {

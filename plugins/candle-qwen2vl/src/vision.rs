@@ -15,7 +15,8 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 use vlm_core::attention::attention;
 use vlm_core::kernels::{act, dense};
-use vlm_core::weights::{linear, need};
+use vlm_core::precision::{compute, linear};
+use vlm_core::weights::need;
 use vlm_core::{ModelError, Result};
 
 use crate::config::VisionConfig;
@@ -25,7 +26,7 @@ const LN_EPS: f64 = 1e-6;
 
 fn layer_norm(vb: VarBuilder, dim: usize) -> Result<LayerNorm> {
     need(&vb, "weight")?;
-    Ok(candle_nn::layer_norm(dim, LN_EPS, vb)?)
+    Ok(candle_nn::layer_norm(dim, LN_EPS, compute(&vb))?)
 }
 
 struct Block {
@@ -100,7 +101,8 @@ pub struct VisionTower {
 impl VisionTower {
     /// `vb` is the tower's prefix (`visual` or `model.visual`).
     pub fn load(vb: VarBuilder, c: &VisionConfig) -> Result<Self> {
-        let pe = vb.pp("patch_embed.proj");
+        // The Conv3d kernel in the compute dtype (f32 on the CPU), as every non-linear weight.
+        let pe = compute(&vb.pp("patch_embed.proj"));
         need(&pe, "weight")?;
         let w = pe.get((c.embed_dim, c.in_channels, c.temporal_patch_size, c.patch_size, c.patch_size), "weight")?;
         let patch_embed = Linear::new(w.reshape((c.embed_dim, c.patch_dim()))?, None);
