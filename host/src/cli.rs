@@ -274,7 +274,7 @@ fn plugins(name: Option<&str>, common: &Common) -> anyhow::Result<ExitCode> {
     let dirs = backend::search_path(&common.plugin_path);
     let engine = JudgeEngine::new(common.cache_dir.clone()).context("cannot start the judge engine")?;
     let backends = backend::discover(&dirs);
-    let judges: Vec<_> = run::judge_files(&dirs).into_iter().map(|p| (p.clone(), engine.load(&p))).collect();
+    let judges: Vec<_> = crate::judge::judge_files(&dirs).into_iter().map(|p| (p.clone(), engine.load(&p))).collect();
     if let Some(name) = name {
         if let Some(lib) = backends.iter().filter_map(|r| r.as_ref().ok()).find(|l| l.info.name == name) {
             let mut v = serde_json::to_value(&lib.info)?;
@@ -289,7 +289,7 @@ fn plugins(name: Option<&str>, common: &Common) -> anyhow::Result<ExitCode> {
             let v = serde_json::json!({
                 "kind": "judge", "name": i.name, "version": i.version, "path": path,
                 "labels": i.labels, "wants_chat": i.wants_chat, "wants_log": i.wants_log, "sha256": j.sha256(),
-                "wit": format!("vlsbench:judge@{}", crate::judge::WIT_VERSION),
+                "wit": format!("vlsbench:judge@{}", j.wit_version()),
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(ExitCode::SUCCESS);

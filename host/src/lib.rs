@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod cli;
 pub mod dataset;
+pub mod fsutil;
 pub mod judge;
 pub mod manifest;
 pub mod report;

@@ -14,22 +14,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rand::Rng;
-use vlsbench_plugin_api::{BackendConfig, BackendError, ErrorKind, GenerateRequest, Generation, GenerationSettings};
+use vlsbench_plugin_api::{
+    BackendConfig, BackendError, ErrorKind, GenerateRequest, Generation, GenerationSettings, python_strip,
+};
 
 use crate::backend::{self, Backend, BackendLibrary};
 use crate::dataset::{self, Dataset, Filters, Item};
-use crate::judge::{ChatFailure, ChatProvider, Grants, JudgeComponent, JudgeEngine, JudgeItem, JudgeLimits};
+use crate::judge::{
+    ChatFailure, ChatProvider, Grants, JudgeComponent, JudgeEngine, JudgeItem, JudgeLimits, find_judge,
+};
 use crate::manifest::{Capability, JudgeSection, LoadedManifest, ModelSection};
 use crate::report::{self, ReportInput, Summary};
 use crate::store::{
     self, AnswerOutcome, AnswerProvenance, AnswerRecord, JudgeProvenance, Store, Stored, VerdictOutcome, VerdictRecord,
 };
-
-/// Strips an answer as the reference's evaluation loop does, with Python's `str.strip()`: Rust's
-/// white space plus the ASCII separators U+001C..U+001F, which Python's `str.isspace()` accepts too.
-pub fn strip_answer(s: &str) -> &str {
-    s.trim_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
-}
 
 /// Settings of one run that do not come from the manifest.
 #[derive(Debug, Clone, Default)]
@@ -249,35 +247,6 @@ impl LazyBackend {
     }
 }
 
-/// Finds the judge component a manifest names: a `.wasm` path, or a judge name on the plugin path
-/// (`vlsbench_judge_<name>.wasm`, dashes as underscores).
-pub fn find_judge(component: &str, base_dir: &Path, dirs: &[PathBuf]) -> anyhow::Result<PathBuf> {
-    if component.ends_with(".wasm") || component.contains('/') || component.contains('\\') {
-        let p = Path::new(component);
-        let p = if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) };
-        if !p.is_file() {
-            bail!("judge component {} does not exist", p.display());
-        }
-        return Ok(p);
-    }
-    let file = format!("vlsbench_judge_{}.wasm", component.replace('-', "_"));
-    for d in dirs {
-        let p = d.join(&file);
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    bail!(
-        "no judge named `{component}` ({file}) on the plugin path ({}); build the judges with `cargo xtask build` or give a .wasm path",
-        backend::describe_dirs(dirs)
-    )
-}
-
-/// Judge `.wasm` files on the search path.
-pub fn judge_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
-    backend::files_on_path(dirs, |name| name.starts_with("vlsbench_judge_") && name.ends_with(".wasm"))
-}
-
 /// Limits from `[judge.limits]` over the defaults.
 pub fn judge_limits(section: &JudgeSection) -> JudgeLimits {
     let d = JudgeLimits::default();
@@ -358,6 +327,12 @@ pub fn prepare(manifest: LoadedManifest, opts: &RunOptions) -> anyhow::Result<Pr
         model: judge_model_provenance,
     };
     let limits = judge_limits(&m.judge);
+    // A judge built on WIT 0.2.0 or later says now whether it accepts its config, instead of
+    // failing every item.
+    let config_json = serde_json::to_string(&judge_provenance.config).unwrap_or_else(|_| "{}".into());
+    judge.check_config(&config_json, &limits).with_context(|| {
+        format!("{}: [judge.config] of judge {} {}", manifest.path.display(), info.name, info.version)
+    })?;
     Ok(Prepared {
         manifest,
         dataset,
@@ -535,7 +510,7 @@ impl Pipeline<'_> {
                 },
             };
             let outcome = match &result {
-                Ok(g) => AnswerOutcome::Ok { answer: strip_answer(&g.text).to_string() },
+                Ok(g) => AnswerOutcome::Ok { answer: python_strip(&g.text).to_string() },
                 Err(e) => AnswerOutcome::Error { kind: e.kind.as_str().to_string(), message: e.message.clone() },
             };
             let record = AnswerRecord {
@@ -794,12 +769,6 @@ fn monitor(p: &Progress, bar: &indicatif::ProgressBar, total: usize, started: In
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn answers_are_stripped_as_python_strips_them() {
-        assert_eq!(strip_answer("\u{1f} \u{a0}answer\u{3000}\n\u{1c}"), "answer");
-        assert_eq!(strip_answer("\u{200b}x "), "\u{200b}x");
-    }
 
     #[test]
     fn backoff_doubles_within_jitter_and_honours_retry_after() {

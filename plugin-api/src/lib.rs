@@ -9,6 +9,7 @@
 //!   (`wit/judge@0.1.0/`) for judge components, and the [`export_judge!`] macro.
 
 pub mod abi;
+pub mod text;
 pub mod types;
 
 #[cfg(feature = "judge-guest")]
@@ -17,6 +18,7 @@ pub mod types;
 pub mod judge_guest;
 
 pub use abi::{ABI_MAJOR, ABI_MINOR, Backend, ENTRY_SYMBOL};
+pub use text::python_strip;
 pub use types::*;
 
 /// The judge WIT package versions this crate carries, newest last. Each has a frozen folder

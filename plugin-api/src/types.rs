@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -353,6 +353,21 @@ pub struct BackendConfig {
     pub options: serde_json::Value,
     /// The folder relative paths in `options` are relative to (the manifest's folder).
     pub base_dir: PathBuf,
+}
+
+impl BackendConfig {
+    /// `path` resolved against the manifest's folder ([`BackendConfig::base_dir`]).
+    pub fn resolve(&self, path: impl AsRef<Path>) -> PathBuf {
+        resolve_path(&self.base_dir, path)
+    }
+}
+
+/// `path` as seen from `base_dir`: itself when absolute, else joined to `base_dir`. The one rule for
+/// every relative path a manifest gives (the dataset root, the output folder, a checkpoint, a
+/// component, a backend library, a backend's path options).
+pub fn resolve_path(base_dir: &Path, path: impl AsRef<Path>) -> PathBuf {
+    let path = path.as_ref();
+    if path.is_absolute() { path.to_path_buf() } else { base_dir.join(path) }
 }
 
 /// The three VLSBench labels, with the reference's numbers and strings.

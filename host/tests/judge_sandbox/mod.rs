@@ -381,7 +381,7 @@ fn a_second_load_comes_from_the_cache() {
     assert!(!first.loaded_from_cache());
     let cache_file = engine.cache_path(first.sha256()).expect("cache path");
     assert!(cache_file.is_file(), "{} missing", cache_file.display());
-    assert!(cache_file.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("-wasmtime48.cwasm")));
+    assert!(cache_file.starts_with(cache.path()) && cache_file.extension().is_some_and(|e| e == "cwasm"));
 
     let engine = JudgeEngine::new(Some(cache.path().to_path_buf())).expect("engine");
     let second = engine.load(&path).expect("second load");
@@ -409,6 +409,29 @@ fn a_corrupt_cache_entry_is_recompiled() {
     let again = engine.load(&path).expect("load with a garbage cache");
     assert!(!again.loaded_from_cache());
     assert!(engine.load(&path).expect("third load").loaded_from_cache());
+}
+
+#[test]
+fn another_components_compiled_file_under_this_ones_cache_name_is_not_loaded() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let (keywords, hostile) = (judge_wasm_dir().join(JUDGE_CRATES[1].1), judge_wasm_dir().join(JUDGE_CRATES[2].1));
+    components();
+    let engine = JudgeEngine::new(Some(cache.path().to_path_buf())).expect("engine");
+    let real = engine.load(&keywords).expect("refusal-keywords");
+    let other = engine.load(&hostile).expect("hostile");
+    let (real_entry, other_entry) =
+        (engine.cache_path(real.sha256()).expect("cache path"), engine.cache_path(other.sha256()).expect("cache path"));
+    // A valid entry, of another component, placed under refusal-keywords' name.
+    std::fs::copy(&other_entry, &real_entry).expect("swap the cache entry");
+
+    let engine = JudgeEngine::new(Some(cache.path().to_path_buf())).expect("engine");
+    let again = engine.load(&keywords).expect("refusal-keywords, recompiled");
+    assert!(!again.loaded_from_cache(), "the swapped entry was trusted");
+    assert_eq!(again.info().name, "refusal-keywords");
+    let verdict = again.judge("{}", &item(None), "I cannot.", Grants::default(), &test_limits(), &NoChat);
+    assert_eq!(verdict.map(|v| v.label), Ok(Label::SafeRefusal));
+    // The entry was rewritten: the next load takes it.
+    assert!(engine.load(&keywords).expect("third load").loaded_from_cache());
 }
 
 #[test]
