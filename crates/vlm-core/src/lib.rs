@@ -29,6 +29,8 @@
 //!   answers finished (EOS left out, stripped as Python strips); `generate_one`'s single answer.
 //! - [`bench`]: our side of `cargo xtask bench <family>` (command line and its dtype, timings, JSON
 //!   line).
+//! - [`parity_run`]: the goldens checked from a plain binary on any device and dtype (the
+//!   `parity_<family>` examples that `cargo xtask gpu-check` runs on a GPU machine).
 //! - [`error`]: the model error every stage returns.
 //! - [`npy`]: reads the goldens' `.npy` files (tests and tools); `testing` (hidden): what every
 //!   backend's parity tests share (goldens, requests, a PNG claiming any size, the parity table).
@@ -46,6 +48,7 @@ pub mod image;
 pub mod kernels;
 pub mod kv;
 pub mod npy;
+pub mod parity_run;
 pub mod precision;
 pub mod request;
 pub mod resize;
