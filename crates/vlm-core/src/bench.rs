@@ -11,7 +11,8 @@
 //! - peak resident memory (VmHWM).
 //!
 //! Usage of a bench binary: `bench CHECKPOINT --image PNG [--image PNG ...] --prompt TEXT
-//! [--batch B] [--new-tokens T] [--dtype f32|f16|bf16]`.
+//! [--batch B] [--new-tokens T] [--dtype f32|f16|bf16] [--device cpu|cuda[:N]]` (`cuda` in a build
+//! with the `cuda` feature: `cargo xtask gpu-check`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -30,6 +31,8 @@ pub struct BenchArgs {
     pub batch: usize,
     pub new_tokens: usize,
     pub dtype: String,
+    /// `cpu` (default), `cuda` or `cuda:N`, as a manifest's `device`.
+    pub device: String,
 }
 
 impl BenchArgs {
@@ -42,6 +45,7 @@ impl BenchArgs {
         let mut checkpoint = None;
         let (mut images, mut prompt, mut batch, mut new_tokens, mut dtype) =
             (Vec::new(), String::new(), 1usize, 128usize, "f32".to_owned());
+        let mut device = "cpu".to_owned();
         let mut it = args.into_iter();
         while let Some(a) = it.next() {
             let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
@@ -51,6 +55,7 @@ impl BenchArgs {
                 "--batch" => batch = val()?.parse()?,
                 "--new-tokens" => new_tokens = val()?.parse()?,
                 "--dtype" => dtype = val()?,
+                "--device" => device = val()?,
                 _ if checkpoint.is_none() => checkpoint = Some(PathBuf::from(&a)),
                 _ => return Err(format!("unexpected argument {a}").into()),
             }
@@ -62,7 +67,7 @@ impl BenchArgs {
         if new_tokens < 2 || batch == 0 {
             return Err("--new-tokens must be at least 2 and --batch at least 1".into());
         }
-        Ok(Self { checkpoint, images, prompt, batch, new_tokens, dtype })
+        Ok(Self { checkpoint, images, prompt, batch, new_tokens, dtype, device })
     }
 
     /// `--dtype` (f32, f16 or bf16) as candle's dtype.
@@ -71,6 +76,11 @@ impl BenchArgs {
         let dtype = crate::request::parse_dtype(Some(&self.dtype))?;
         crate::request::check_dtype_on_device(dtype, &candle_core::Device::Cpu)?;
         Ok(dtype)
+    }
+
+    /// `--device` as candle's device, as a manifest's `device` is read.
+    pub fn device(&self) -> BenchResult<candle_core::Device> {
+        Ok(crate::request::parse_device(Some(&self.device))?)
     }
 
     /// `batch` requests, the images taken in turn, laid out as the backend declares for its arch.
@@ -120,7 +130,8 @@ pub fn measure(
     println!(
         "{}",
         serde_json::json!({
-            "impl": implementation, "batch": args.batch, "dtype": args.dtype, "prompt_tokens": prompt_tokens,
+            "impl": implementation, "batch": args.batch, "dtype": args.dtype, "device": args.device,
+            "prompt_tokens": prompt_tokens,
             "prefill_s": prefill, "decode_tok_s": decode_tok_s, "peak_rss_mib": peak_rss_mib(),
         })
     );
@@ -138,7 +149,13 @@ mod tests {
                 .map(String::from),
         )
         .unwrap();
-        assert_eq!((a.batch, a.new_tokens, a.dtype.as_str()), (3, 8, "f32"));
+        assert_eq!((a.batch, a.new_tokens, a.dtype.as_str(), a.device.as_str()), (3, 8, "f32", "cpu"));
+        assert!(matches!(a.device(), Ok(candle_core::Device::Cpu)));
+        let gpu = BenchArgs::parse(["ck", "--image", "a.png", "--device", "cuda:0"].map(String::from)).unwrap();
+        assert_eq!(gpu.device, "cuda:0");
+        if !cfg!(feature = "cuda") {
+            assert!(gpu.device().unwrap_err().to_string().contains("no CUDA"));
+        }
         let r = a.requests(&MessageLayout::image_then_text());
         assert_eq!(r.len(), 3);
         assert_eq!(r[2].messages, MessageLayout::image_then_text().messages("Q?", std::path::Path::new("a.png")));

@@ -2,7 +2,7 @@
 //! the requests are prepared once, then the timed part runs the vision tower, the projector, the
 //! prompt and the decode steps.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use vlm_core::bench::{BenchArgs, BenchResult, measure};
 use vlsbench_backend_candle_llava::CandleLlava;
 use vlsbench_plugin_api::Backend;
@@ -10,7 +10,7 @@ use vlsbench_plugin_api::Backend;
 fn main() -> BenchResult<()> {
     let args = BenchArgs::from_env()?;
     let dtype = args.dtype()?;
-    let backend = CandleLlava::load(&args.checkpoint, dtype, &Device::Cpu)?;
+    let backend = CandleLlava::load(&args.checkpoint, dtype, &args.device()?)?;
     let layout = CandleLlava::describe().message_layout(backend.arch());
     let prepared = args.requests(&layout).iter().map(|r| backend.prepare(r)).collect::<Result<Vec<_>, _>>()?;
     let prompt_tokens = prepared.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);

@@ -2,7 +2,6 @@
 //! the requests are prepared once (image processor, template, tokenizer), then the timed part
 //! runs the vision encoder, the projector, the prompt and the decode steps.
 
-use candle_core::Device;
 use vlm_core::bench::{BenchArgs, BenchResult, measure};
 use vlsbench_backend_candle_mllama::CandleMllama;
 use vlsbench_backend_candle_mllama::backend::ARCH;
@@ -12,7 +11,7 @@ use vlsbench_plugin_api::Backend;
 fn main() -> BenchResult<()> {
     let args = BenchArgs::from_env()?;
     let dtype = args.dtype()?;
-    let backend = CandleMllama::load(&args.checkpoint, dtype, &Device::Cpu)?;
+    let backend = CandleMllama::load(&args.checkpoint, dtype, &args.device()?)?;
     let layout = CandleMllama::describe().message_layout(ARCH);
     let prepared = args.requests(&layout).iter().map(|r| backend.prepare(r)).collect::<Result<Vec<_>, _>>()?;
     let prompt_tokens = prepared.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);

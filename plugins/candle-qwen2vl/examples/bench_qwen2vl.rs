@@ -3,7 +3,6 @@
 //! timed part runs the vision tower, the merger, the prompt and the decode steps, without the
 //! repetition penalty (the Python side switches it off too) so both sides do the same work.
 
-use candle_core::Device;
 use vlm_core::bench::{BenchArgs, BenchResult, measure};
 use vlsbench_backend_candle_qwen2vl::CandleQwen2Vl;
 use vlsbench_backend_candle_qwen2vl::backend::ARCH;
@@ -13,7 +12,7 @@ use vlsbench_plugin_api::Backend;
 fn main() -> BenchResult<()> {
     let args = BenchArgs::from_env()?;
     let dtype = args.dtype()?;
-    let backend = CandleQwen2Vl::load(&args.checkpoint, dtype, &Device::Cpu)?;
+    let backend = CandleQwen2Vl::load(&args.checkpoint, dtype, &args.device()?)?;
     let layout = CandleQwen2Vl::describe().message_layout(ARCH);
     let prepared = args.requests(&layout).iter().map(|r| backend.prepare(r)).collect::<Result<Vec<_>, _>>()?;
     let prompt_tokens = prepared.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
