@@ -537,40 +537,40 @@ mod tests {
         parity.check();
     }
 
+    /// f16 and bf16 on the CPU (linear-layer weights kept half, math in f32) against the f32
+    /// goldens of every checkpoint: the tolerance set from the largest first-step |Δlogit|
+    /// measured (every case), with room; the greedy tokens (24, no EOS stop) equal.
+    const HALF_TOLERANCES: [(&str, f32); 2] = [("f16", 4e-3), ("bf16", 3e-2)];
+
     #[test]
-    fn f16_runs_close_to_the_f32_goldens_and_bf16_on_cpu_is_refused() {
+    fn half_precision_weights_keep_the_greedy_tokens_and_the_logits_close() {
+        let checkpoints = [
+            ("llava_hf", "llava_hf"),
+            ("llava_hf", "llava_hf_old_layout"),
+            ("llava_next", "llava_next"),
+            ("llava_next", "llava_next_old_layout"),
+            ("llava", "llava_original"),
+        ];
         let fx = crate::test_util::fixtures();
-        let g: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(fx.join("golden/llava_hf_old_layout/golden.json")).unwrap())
-                .unwrap();
-        let mut report = String::new();
-        let mut cfg = backend_config("llava_hf", "checkpoints/llava_hf_old_layout");
-        cfg.dtype = Some("bf16".into());
-        let e = CandleLlava::create(cfg).err().unwrap();
-        assert!(e.message.contains("bf16") && e.message.contains("cuda"), "{e}");
-        for (dtype, tolerance) in [("f16", 0.02f32)] {
-            let mut cfg = backend_config("llava_hf", "checkpoints/llava_hf_old_layout");
-            cfg.dtype = Some(dtype.into());
-            let b = CandleLlava::create(cfg).unwrap();
-            assert_eq!(b.model().dtype, vlm_core::request::parse_dtype(Some(dtype)).unwrap());
-            let mut worst = 0f32;
-            for case in g["cases"].as_array().unwrap().iter().step_by(4) {
-                let req = request("0", case["prompt"].as_str().unwrap(), &fx.join(case["image"].as_str().unwrap()), 4);
-                let (ids, images) = b.prepare(&req).unwrap();
-                let embeds = b.model().prompt_embeddings(&ids, &images).unwrap();
-                let mut cache = b.model().text.new_cache();
-                let logits: Vec<f32> = b.model().text.forward_embeds(&embeds, &mut cache).unwrap().to_vec1().unwrap();
-                let npy = case["first_step_logits"]["npy"].as_str().unwrap();
-                let want = vlm_core::npy::read_f32(&fx.join("golden/llava_hf_old_layout").join(npy)).unwrap();
-                let d = logits.iter().zip(&want.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(logits.iter().all(|x| x.is_finite()), "{dtype}: non-finite logits");
-                worst = worst.max(d);
-                assert!(b.generate_one(&req).is_ok());
+        for (dtype, tolerance) in HALF_TOLERANCES {
+            for (arch, checkpoint) in checkpoints {
+                let mut cfg = backend_config(arch, &format!("checkpoints/{checkpoint}"));
+                cfg.dtype = Some(dtype.into());
+                let b = CandleLlava::create(cfg).unwrap();
+                assert_eq!(b.model().dtype, vlm_core::request::parse_dtype(Some(dtype)).unwrap());
+                let layout = CandleLlava::describe().message_layout(arch);
+                let mut parity = crate::test_util::Parity::with_tolerance(checkpoint, dtype, tolerance);
+                for case in crate::test_util::golden(checkpoint)["cases"].as_array().unwrap() {
+                    let image = fx.join(case["image"].as_str().unwrap());
+                    let req = vlm_core::testing::request("0", case["prompt"].as_str().unwrap(), &image, 24, &layout);
+                    let (ids, images) = b.prepare(&req).unwrap();
+                    let feats = b.model().features_for(&images).unwrap();
+                    let (logits, tokens) = b.model().greedy_from_features(&ids, feats.as_ref(), 24, &[]).unwrap();
+                    parity.record_case(case, &logits.to_vec1::<f32>().unwrap(), &tokens);
+                }
+                parity.check();
             }
-            report += &format!("{dtype}: max |dlogit| vs f32 goldens {worst:.3e} (tolerance {tolerance})\n");
-            assert!(worst <= tolerance, "{report}");
         }
-        println!("{report}");
     }
 
     /// Every golden case of a checkpoint decoded in one batch gives the same answers as one by one.

@@ -9,6 +9,7 @@ use candle_core::{DType, Module, Tensor};
 use candle_nn::{Conv2dConfig, LayerNorm, Linear, VarBuilder};
 use vlm_core::Result;
 use vlm_core::kernels::{act, dense};
+use vlm_core::precision::{compute, linear};
 use vlm_core::weights::need;
 
 use crate::config::VisionConfig;
@@ -26,10 +27,10 @@ impl ClipAttention {
     fn load(vb: VarBuilder, c: &VisionConfig) -> Result<Self> {
         let h = c.hidden_size;
         Ok(Self {
-            q: candle_nn::linear(h, h, vb.pp("q_proj"))?,
-            k: candle_nn::linear(h, h, vb.pp("k_proj"))?,
-            v: candle_nn::linear(h, h, vb.pp("v_proj"))?,
-            o: candle_nn::linear(h, h, vb.pp("out_proj"))?,
+            q: linear(vb.pp("q_proj"), h, h, true)?,
+            k: linear(vb.pp("k_proj"), h, h, true)?,
+            v: linear(vb.pp("v_proj"), h, h, true)?,
+            o: linear(vb.pp("out_proj"), h, h, true)?,
             heads: c.num_attention_heads,
             head_dim: h / c.num_attention_heads,
         })
@@ -64,11 +65,11 @@ struct ClipLayer {
 impl ClipLayer {
     fn load(vb: VarBuilder, c: &VisionConfig) -> Result<Self> {
         Ok(Self {
-            ln1: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm1"))?,
+            ln1: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, compute(&vb.pp("layer_norm1")))?,
             attn: ClipAttention::load(vb.pp("self_attn"), c)?,
-            ln2: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("layer_norm2"))?,
-            fc1: candle_nn::linear(c.hidden_size, c.intermediate_size, vb.pp("mlp.fc1"))?,
-            fc2: candle_nn::linear(c.intermediate_size, c.hidden_size, vb.pp("mlp.fc2"))?,
+            ln2: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, compute(&vb.pp("layer_norm2")))?,
+            fc1: linear(vb.pp("mlp.fc1"), c.hidden_size, c.intermediate_size, true)?,
+            fc2: linear(vb.pp("mlp.fc2"), c.intermediate_size, c.hidden_size, true)?,
             act: c.hidden_act.clone(),
         })
     }
@@ -90,18 +91,21 @@ pub struct ClipVisionTower {
 }
 
 impl ClipVisionTower {
+    /// `vb` in the run's dtype: the encoder layers' matrices stay in it; the patch convolution,
+    /// class and position embeddings and the norms are read in the compute dtype.
     pub fn load(vb: VarBuilder, c: &VisionConfig, layers_needed: usize) -> Result<Self> {
         need(&vb, "embeddings.patch_embedding.weight")?;
+        let cvb = compute(&vb);
         let patch = candle_nn::conv2d_no_bias(
             c.num_channels,
             c.hidden_size,
             c.patch_size,
             Conv2dConfig { stride: c.patch_size, ..Default::default() },
-            vb.pp("embeddings.patch_embedding"),
+            cvb.pp("embeddings.patch_embedding"),
         )?;
-        let class_embedding = vb.get(c.hidden_size, "embeddings.class_embedding")?;
-        let position_embedding = vb.get((c.num_positions(), c.hidden_size), "embeddings.position_embedding.weight")?;
-        let pre_ln = candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("pre_layrnorm"))?;
+        let class_embedding = cvb.get(c.hidden_size, "embeddings.class_embedding")?;
+        let position_embedding = cvb.get((c.num_positions(), c.hidden_size), "embeddings.position_embedding.weight")?;
+        let pre_ln = candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, cvb.pp("pre_layrnorm"))?;
         let layers = (0..layers_needed)
             .map(|i| ClipLayer::load(vb.pp(format!("encoder.layers.{i}")), c))
             .collect::<Result<_>>()?;

@@ -10,7 +10,8 @@ use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use vlm_core::attention::repeat_kv;
 use vlm_core::kernels::dense;
 use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask, padded_positions};
-use vlm_core::weights::{linear, need};
+use vlm_core::precision::{compute, linear};
+use vlm_core::weights::need;
 use vlm_core::{ModelError, Result};
 
 use crate::config::TextConfig;
@@ -88,9 +89,9 @@ impl DecoderLayer {
         let (h, i) = (c.hidden_size, c.intermediate_size);
         need(&vb, "input_layernorm.weight")?;
         Ok(Self {
-            ln1: candle_nn::rms_norm(h, c.rms_norm_eps, vb.pp("input_layernorm"))?,
+            ln1: candle_nn::rms_norm(h, c.rms_norm_eps, compute(&vb.pp("input_layernorm")))?,
             attn: Attention::load(vb.pp("self_attn"), c)?,
-            ln2: candle_nn::rms_norm(h, c.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
+            ln2: candle_nn::rms_norm(h, c.rms_norm_eps, compute(&vb.pp("post_attention_layernorm")))?,
             gate: linear(vb.pp("mlp.gate_proj"), h, i, c.mlp_bias)?,
             up: linear(vb.pp("mlp.up_proj"), h, i, c.mlp_bias)?,
             down: linear(vb.pp("mlp.down_proj"), i, h, c.mlp_bias)?,
@@ -120,17 +121,20 @@ pub struct LlamaModel {
     cos: Tensor,
     sin: Tensor,
     max_positions: usize,
+    /// The dtype activations run in ([`vlm_core::precision::compute_dtype`]).
+    dtype: DType,
 }
 
 impl LlamaModel {
-    /// `model` holds `embed_tokens`, `layers.*`, `norm`; `lm_head` the output projection.
+    /// `model` holds `embed_tokens`, `layers.*`, `norm`; `lm_head` the output projection; both in
+    /// the run's dtype, `dtype` the compute dtype.
     pub fn load(model: VarBuilder, lm_head: VarBuilder, c: &TextConfig, dtype: DType, device: &Device) -> Result<Self> {
         need(&model, "embed_tokens.weight")?;
         let embed = candle_nn::embedding(c.vocab_size, c.hidden_size, model.pp("embed_tokens"))?;
         let layers = (0..c.num_hidden_layers)
             .map(|i| DecoderLayer::load(model.pp(format!("layers.{i}")), c))
             .collect::<Result<_>>()?;
-        let norm = candle_nn::rms_norm(c.hidden_size, c.rms_norm_eps, model.pp("norm"))?;
+        let norm = candle_nn::rms_norm(c.hidden_size, c.rms_norm_eps, compute(&model.pp("norm")))?;
         let lm_head = if lm_head.contains_tensor("weight") {
             linear(lm_head, c.hidden_size, c.vocab_size, false)?
         } else if c.tie_word_embeddings {
@@ -152,11 +156,12 @@ impl LlamaModel {
         let freqs = Tensor::from_vec(freqs, (n, hd / 2), device)?;
         let cos = freqs.cos()?.to_dtype(dtype)?;
         let sin = freqs.sin()?.to_dtype(dtype)?;
-        Ok(Self { embed, layers, norm, lm_head, cos, sin, max_positions: n })
+        Ok(Self { embed, layers, norm, lm_head, cos, sin, max_positions: n, dtype })
     }
 
+    /// Token embeddings in the compute dtype.
     pub fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        self.embed.forward(ids)
+        self.embed.forward(ids)?.to_dtype(self.dtype)
     }
 
     pub fn new_cache(&self) -> Cache {

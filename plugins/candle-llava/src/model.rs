@@ -11,7 +11,8 @@ use candle_nn::Linear;
 use vlm_core::greedy::greedy_loop;
 use vlm_core::kernels::{act, dense, splice_image_features};
 use vlm_core::kv::left_pad;
-use vlm_core::weights::{linear, pick_prefix, var_builder};
+use vlm_core::precision::{compute, compute_dtype, linear};
+use vlm_core::weights::{pick_prefix, var_builder};
 pub use vlm_core::{ModelError, Result};
 
 use crate::anyres::{self, AnyresError, PackGeometry, Size};
@@ -54,6 +55,8 @@ pub struct Llava {
     anyres: Option<AnyresHead>,
     pub text: LlamaModel,
     pub device: Device,
+    /// The run's dtype: the linear layers' weights; activations run in
+    /// [`vlm_core::precision::compute_dtype`] (f32 on the CPU).
     pub dtype: DType,
 }
 
@@ -97,8 +100,9 @@ impl Llava {
             .map_err(|e| ModelError::Load(format!("{}: projector: {e}", dir.display())))?;
         let proj2 = linear(pvb.pp("linear_2"), th, th, bias)
             .map_err(|e| ModelError::Load(format!("{}: projector: {e}", dir.display())))?;
-        let text = LlamaModel::load(vb.pp(strip(txt)), vb.pp(strip(head)), &config.text, dtype, device)
-            .map_err(|e| ModelError::Load(format!("{}: text model: {e}", dir.display())))?;
+        let text =
+            LlamaModel::load(vb.pp(strip(txt)), vb.pp(strip(head)), &config.text, compute_dtype(dtype, device), device)
+                .map_err(|e| ModelError::Load(format!("{}: text model: {e}", dir.display())))?;
         Ok(Self { config, vision, proj1, proj2, anyres: None, text, device: device.clone(), dtype })
     }
 
@@ -124,8 +128,9 @@ impl Llava {
                 .map_err(|e| ModelError::Load(format!("{}: projector: {e}", dir.display())))
         };
         let (proj1, proj2) = (proj(0, vh)?, proj(2, th)?);
-        let text = LlamaModel::load(vb.pp("model"), vb.pp("lm_head"), &config.text, dtype, device)
-            .map_err(|e| ModelError::Load(format!("{}: text model: {e}", dir.display())))?;
+        let text =
+            LlamaModel::load(vb.pp("model"), vb.pp("lm_head"), &config.text, compute_dtype(dtype, device), device)
+                .map_err(|e| ModelError::Load(format!("{}: text model: {e}", dir.display())))?;
         Ok(Self { config, vision, proj1, proj2, anyres: None, text, device: device.clone(), dtype })
     }
 
@@ -144,7 +149,7 @@ impl Llava {
         // Top level in transformers 4.x saves (and the fixtures), under `model.` in 5.x's layout.
         let prefix = pick_prefix(&vb, &["", "model."], "image_newline")
             .ok_or_else(|| ModelError::Load(format!("{}: missing weight image_newline (LLaVA-NeXT)", dir.display())))?;
-        let image_newline = vb
+        let image_newline = compute(&vb)
             .get(hidden, &format!("{prefix}image_newline"))
             .map_err(|e| ModelError::Load(format!("{}: image_newline: {e}", dir.display())))?;
         model.anyres = Some(AnyresHead { pinpoints, image_newline });
@@ -165,7 +170,7 @@ impl Llava {
 
     /// Projected features per tile for pixel values (b, 3, H, W): (b, features, text hidden).
     pub fn tile_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let hs = self.vision.hidden_states(&pixel_values.to_dtype(self.dtype)?)?;
+        let hs = self.vision.hidden_states(&pixel_values.to_dtype(compute_dtype(self.dtype, &self.device))?)?;
         let n_hidden = hs.len() as i64; // deepest + 1 states; indices are relative to the full tuple
         let full = self.config.vision.num_hidden_layers as i64 + 1;
         let mut picked = Vec::new();

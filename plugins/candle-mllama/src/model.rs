@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use vlm_core::generation::RepetitionPenalty;
 use vlm_core::greedy::greedy_loop;
 use vlm_core::kv::left_pad;
+use vlm_core::precision::compute_dtype;
 use vlm_core::weights::{pick_prefix, var_builder};
 use vlm_core::{ModelError, Result};
 
@@ -40,6 +41,8 @@ pub struct Mllama {
     pub vision: VisionEncoder,
     pub text: TextModel,
     pub device: Device,
+    /// The run's dtype: the linear layers' weights; activations run in
+    /// [`vlm_core::precision::compute_dtype`] (f32 on the CPU).
     pub dtype: DType,
 }
 
@@ -69,8 +72,8 @@ impl Mllama {
         let strip = |p: &str| p.trim_end_matches('.').to_owned();
         let vision = VisionEncoder::load(vb.pp(strip(vis)), vb.pp(proj), &config.vision, config.text.hidden_size)
             .map_err(|e| at(e, "vision model"))?;
-        let text =
-            TextModel::load(vb.pp(strip(txt)), vb.pp(head), &config.text, dtype).map_err(|e| at(e, "text model"))?;
+        let text = TextModel::load(vb.pp(strip(txt)), vb.pp(head), &config.text, compute_dtype(dtype, device))
+            .map_err(|e| at(e, "text model"))?;
         Ok(Self { config, vision, text, device: device.clone(), dtype })
     }
 

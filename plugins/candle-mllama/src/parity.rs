@@ -9,9 +9,7 @@ use std::path::Path;
 
 use serde_json::Value;
 use vlm_core::npy;
-use vlm_core::testing::{
-    self, Parity, checkpoint_without, fixtures, golden, ids, max_abs_diff, png_claiming, temp_dir,
-};
+use vlm_core::testing::{self, Parity, checkpoint_without, fixtures, golden, ids, png_claiming, temp_dir};
 use vlsbench_plugin_api::{
     Backend, BackendConfig, ChatMessage, ContentPart, ErrorKind, GenerateRequest, GenerationSettings, MessageLayout,
     Role,
@@ -337,9 +335,9 @@ fn bad_configurations_are_named_at_load() {
     cfg.arch = "qwen2vl".into();
     assert_eq!(CandleMllama::create(cfg).err().unwrap().kind, ErrorKind::Unsupported);
     let mut cfg = backend_config("mllama");
-    cfg.dtype = Some("bf16".into());
+    cfg.dtype = Some("f64".into());
     let e = CandleMllama::create(cfg).err().unwrap();
-    assert!(e.message.contains("bf16") && e.message.contains("cuda"), "{e}");
+    assert!(e.message.contains("f64") && e.message.contains("bf16"), "{e}");
     let mut cfg = backend_config("mllama");
     cfg.checkpoint = Some("checkpoints/qwen2vl".into());
     let e = CandleMllama::create(cfg).err().unwrap();
@@ -364,25 +362,29 @@ fn bad_configurations_are_named_at_load() {
     }
 }
 
+/// f16 and bf16 on the CPU (linear-layer weights kept half, math in f32) against the f32
+/// goldens: the tolerance set from the largest first-step |Δlogit| measured (both layouts, every
+/// case), with room; the greedy tokens equal.
+const HALF_TOLERANCES: [(&str, f32); 2] = [("f16", 3e-3), ("bf16", 3e-2)];
+
 #[test]
-fn f16_runs_close_to_the_f32_goldens() {
-    let mut cfg = backend_config("mllama");
-    cfg.dtype = Some("f16".into());
-    let b = CandleMllama::create(cfg).unwrap();
-    let g = golden("mllama");
-    let mut worst = 0f32;
-    for case in g["cases"].as_array().unwrap().iter().step_by(3) {
-        let (_, images) = b.prepare(&case_request(case, 4)).unwrap();
-        let refs: Vec<&ProcessedImage> = images.iter().collect();
-        let (logits, _) = b.model().greedy(&ids(&case["input_ids"]), &refs, 1, &[]).unwrap();
-        let npy_name = case["first_step_logits"]["npy"].as_str().unwrap();
-        let want = npy::read_f32(&fixtures().join("golden/mllama").join(npy_name)).unwrap();
-        let logits: Vec<f32> = logits.to_vec1().unwrap();
-        assert!(logits.iter().all(|x| x.is_finite()));
-        worst = worst.max(max_abs_diff(&logits, &want.data));
+fn half_precision_weights_keep_the_greedy_tokens_and_the_logits_close() {
+    for (dtype, tolerance) in HALF_TOLERANCES {
+        for checkpoint in CHECKPOINTS {
+            let mut cfg = backend_config(checkpoint);
+            cfg.dtype = Some(dtype.into());
+            let b = CandleMllama::create(cfg).unwrap();
+            assert_eq!(b.model().dtype, vlm_core::request::parse_dtype(Some(dtype)).unwrap());
+            let mut parity = Parity::with_tolerance(checkpoint, dtype, tolerance);
+            for case in golden(checkpoint)["cases"].as_array().unwrap() {
+                let (_, images) = b.prepare(&case_request(case, 24)).unwrap();
+                let refs: Vec<&ProcessedImage> = images.iter().collect();
+                let (logits, tokens) = b.model().greedy(&ids(&case["input_ids"]), &refs, 24, &[]).unwrap();
+                parity.record_case(case, &logits.to_vec1::<f32>().unwrap(), &tokens);
+            }
+            parity.check();
+        }
     }
-    println!("f16: max |dlogit| vs f32 goldens {worst:.3e}");
-    assert!(worst <= 0.02, "{worst}");
 }
 
 #[test]

@@ -22,14 +22,15 @@ use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use vlm_core::attention::{attention, repeat_kv};
 use vlm_core::kernels::{act, dense};
 use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask, padded_positions};
-use vlm_core::weights::{linear, need};
+use vlm_core::precision::{compute, linear};
+use vlm_core::weights::need;
 use vlm_core::{ModelError, Result};
 
 use crate::config::TextConfig;
 
 fn rms_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<RmsNorm> {
     need(&vb, "weight")?;
-    Ok(candle_nn::rms_norm(dim, eps, vb)?)
+    Ok(candle_nn::rms_norm(dim, eps, compute(&vb))?)
 }
 
 struct Mlp {
@@ -209,16 +210,18 @@ pub struct TextModel {
     lm_head: Linear,
     inv_freq: Vec<f32>,
     max_positions: usize,
+    /// The dtype activations run in ([`vlm_core::precision::compute_dtype`]).
     dtype: DType,
     self_layers: usize,
 }
 
 impl TextModel {
-    /// `model` holds `embed_tokens`, `layers.*`, `norm`; `lm_head` the output projection.
+    /// `model` holds `embed_tokens`, `layers.*`, `norm`; `lm_head` the output projection; both in
+    /// the run's dtype, `dtype` the compute dtype.
     pub fn load(model: VarBuilder, lm_head: VarBuilder, c: &TextConfig, dtype: DType) -> Result<Self> {
         need(&model, "embed_tokens.weight")?;
         // vocab_size + 8 rows: the image token and 7 reserved ones past the text vocabulary.
-        let rows = model.get_unchecked_dtype("embed_tokens.weight", dtype)?.dim(0)?;
+        let rows = model.get_unchecked_dtype("embed_tokens.weight", model.dtype())?.dim(0)?;
         if rows < c.vocab_size {
             return Err(ModelError::Load(format!("embed_tokens has {rows} rows, vocab_size is {}", c.vocab_size)));
         }
@@ -255,7 +258,7 @@ impl TextModel {
     }
 
     pub fn embed(&self, ids: &[u32], device: &Device) -> candle_core::Result<Tensor> {
-        self.embed.forward(&Tensor::new(ids, device)?)
+        self.embed.forward(&Tensor::new(ids, device)?)?.to_dtype(self.dtype)
     }
 
     /// A KV cache for the self-attention layers.

@@ -30,7 +30,8 @@ use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use vlm_core::attention::attention;
 use vlm_core::kernels::{act, dense};
-use vlm_core::weights::{linear, need};
+use vlm_core::precision::{compute, linear};
+use vlm_core::weights::need;
 use vlm_core::{ModelError, Result};
 
 use crate::config::VisionConfig;
@@ -38,7 +39,7 @@ use crate::processor::ProcessedImage;
 
 fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<LayerNorm> {
     need(&vb, "weight")?;
-    Ok(candle_nn::layer_norm(dim, eps, vb)?)
+    Ok(candle_nn::layer_norm(dim, eps, compute(&vb))?)
 }
 
 /// A scalar gate parameter (shape (1,)) as `tanh(gate)`.
@@ -129,7 +130,7 @@ pub struct VisionEncoder {
 /// scaled by `tanh(gate)`.
 fn aspect_ratio_embedding(vb: VarBuilder, c: &VisionConfig) -> Result<Embedding> {
     need(&vb, "embedding.weight")?;
-    let w = vb.get((c.max_aspect_ratio_id() + 1, c.max_num_tiles * c.hidden_size), "embedding.weight")?;
+    let w = compute(&vb).get((c.max_aspect_ratio_id() + 1, c.max_num_tiles * c.hidden_size), "embedding.weight")?;
     let g = tanh_gate(&vb, "gate")?;
     Ok(Embedding::new((w * g)?, c.max_num_tiles * c.hidden_size))
 }
@@ -139,11 +140,14 @@ impl VisionEncoder {
     pub fn load(vb: VarBuilder, projector: VarBuilder, c: &VisionConfig, text_hidden: usize) -> Result<Self> {
         let (d, p) = (c.hidden_size, c.patch_size);
         need(&vb, "patch_embedding.weight")?;
-        let w = vb.get((d, c.num_channels, p, p), "patch_embedding.weight")?;
+        // The patch convolution, class and position embeddings in the compute dtype (f32 on the
+        // CPU); only the encoder layers' and the projector's matrices stay in the run's dtype.
+        let cvb = compute(&vb);
+        let w = cvb.get((d, c.num_channels, p, p), "patch_embedding.weight")?;
         let patch_embed = Linear::new(w.reshape((d, c.num_channels * p * p))?, None);
         need(&vb, "class_embedding")?;
-        let class_embedding = vb.get(d, "class_embedding")?;
-        let gp = vb.pp("gated_positional_embedding");
+        let class_embedding = cvb.get(d, "class_embedding")?;
+        let gp = cvb.pp("gated_positional_embedding");
         let gate = tanh_gate(&gp, "gate")?;
         need(&gp, "embedding")?;
         let position_embedding = (gp.get((c.num_patches(), d), "embedding")? * (1.0 - gate))?;
