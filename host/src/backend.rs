@@ -78,23 +78,22 @@ pub fn load_library(path: &Path) -> Result<BackendLibrary, BackendLoadError> {
         unsafe { library.get(ENTRY_SYMBOL) }.map_err(|_| BackendLoadError::NotABackend { path: key.clone() })?;
     // SAFETY: the entry point takes nothing and returns a pointer to a static table.
     let table_ptr = unsafe { entry() };
-    if table_ptr.is_null() {
-        return Err(BackendLoadError::NotABackend { path: key });
-    }
-    // SAFETY: the first two fields of every ABI version's table are the version numbers.
-    let (major, minor) = unsafe { ((*table_ptr).abi_major, (*table_ptr).abi_minor) };
-    if major != ABI_MAJOR || minor > ABI_MINOR {
-        return Err(BackendLoadError::AbiMismatch {
-            path: key,
-            plugin_major: major,
-            plugin_minor: minor,
-            host_major: ABI_MAJOR,
-            host_minor: ABI_MINOR,
-        });
-    }
-    // SAFETY: version checked; the table is static in a library that is never unloaded.
-    let table: &'static BackendTable = unsafe { &*table_ptr };
-    // SAFETY: as above.
+    // SAFETY: the table is static in a library that is never unloaded.
+    let table = match unsafe { abi::host::checked_table(table_ptr) } {
+        Ok(Some(table)) => table,
+        Ok(None) => return Err(BackendLoadError::NotABackend { path: key }),
+        Err(abi::host::AbiMismatch { major, minor }) => {
+            return Err(BackendLoadError::AbiMismatch {
+                path: key,
+                plugin_major: major,
+                plugin_minor: minor,
+                host_major: ABI_MAJOR,
+                host_minor: ABI_MINOR,
+            });
+        }
+    };
+    let (major, minor) = (table.abi_major, table.abi_minor);
+    // SAFETY: the table is version-checked and static.
     let info = unsafe { abi::host::describe(table) }
         .map_err(|source| BackendLoadError::Describe { path: key.clone(), source })?;
     let lib = BackendLibrary { path: key.clone(), info, abi: (major, minor), table };

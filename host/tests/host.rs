@@ -824,6 +824,23 @@ fn an_unknown_key_is_reported_with_file_line_and_column() {
 }
 
 #[test]
+fn an_unknown_judge_config_key_stops_validate_and_run_before_any_item() {
+    let s = Setup::new(2);
+    let server = MockServer::start(scripted(Duration::ZERO));
+    let mut m = s.openai(&server, "typo");
+    m["judge"] = json!({"component": refusal_keywords_judge(), "config": {"extra_refusal_phrasez": ["no"]}});
+    let manifest = s.manifest("typo", &m);
+    for command in ["validate", "run"] {
+        host([OsString::from(command), manifest.clone().into()])
+            .output()
+            .failure()
+            .stderr_has("[judge.config]")
+            .stderr_has("unknown field `extra_refusal_phrasez`");
+    }
+    assert_eq!(server.request_count(), 0, "an item was generated before the config was checked");
+}
+
+#[test]
 fn a_missing_dataset_root_is_named() {
     let s = Setup::new(1);
     let server = MockServer::start(scripted(Duration::ZERO));

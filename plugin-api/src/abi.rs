@@ -35,12 +35,16 @@ pub const STATUS_ERR: i32 = 1;
 #[repr(C)]
 #[derive(Debug)]
 pub struct RawBuffer {
+    /// Start of the bytes.
     pub ptr: *mut u8,
+    /// Number of bytes.
     pub len: usize,
+    /// Capacity of the allocation (needed to free it).
     pub cap: usize,
 }
 
 impl RawBuffer {
+    /// A buffer holding nothing (the slot the callee fills).
     pub const fn empty() -> Self {
         Self { ptr: std::ptr::null_mut(), len: 0, cap: 0 }
     }
@@ -69,7 +73,9 @@ pub type EntryFn = unsafe extern "C" fn() -> *const BackendTable;
 /// The table a backend exports. Fields are only ever added at the end.
 #[repr(C)]
 pub struct BackendTable {
+    /// [`ABI_MAJOR`] of the plugin.
     pub abi_major: u16,
+    /// [`ABI_MINOR`] of the plugin.
     pub abi_minor: u16,
     /// Writes a JSON [`BackendInfo`] to `out`.
     pub describe: unsafe extern "C" fn(out: *mut RawBuffer) -> i32,
@@ -170,8 +176,9 @@ pub unsafe extern "C" fn create_impl<B: Backend>(
         }
         // SAFETY: the host passes a buffer valid for config_len bytes.
         let bytes = unsafe { std::slice::from_raw_parts(config, config_len) };
-        let config: BackendConfig = serde_json::from_slice(bytes)
+        let mut config: BackendConfig = serde_json::from_slice(bytes)
             .map_err(|e| BackendError::bad_config(format!("backend config is not valid JSON for this ABI: {e}")))?;
+        config.resolve_path_options(&B::describe().path_options);
         let instance = Box::new(B::create(config)?);
         // SAFETY: handle is a valid out pointer.
         unsafe { handle.write(Box::into_raw(instance).cast::<c_void>()) };
@@ -274,9 +281,43 @@ macro_rules! export_backend {
     };
 }
 
+/// Whether a host of this crate's ABI accepts a plugin of ABI `major.minor`: the same major and a
+/// minor up to its own (the table only grows at its end).
+pub fn accepts_version(major: u16, minor: u16) -> bool {
+    major == ABI_MAJOR && minor <= ABI_MINOR
+}
+
 /// Host side: safe calls through a table the host has already version-checked.
 pub mod host {
     use super::*;
+
+    /// The plugin's ABI version, when this host cannot use its table.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct AbiMismatch {
+        /// The plugin's major version.
+        pub major: u16,
+        /// The plugin's minor version.
+        pub minor: u16,
+    }
+
+    /// The table an entry point returned, once its version is checked ([`accepts_version`]);
+    /// `Ok(None)` for a null pointer.
+    ///
+    /// # Safety
+    /// `table` must be null or point to a static table whose first two fields are the version
+    /// numbers (true of every ABI version), in a library that is never unloaded.
+    pub unsafe fn checked_table(table: *const BackendTable) -> Result<Option<&'static BackendTable>, AbiMismatch> {
+        if table.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: the first two fields of every ABI version's table are the version numbers.
+        let (major, minor) = unsafe { ((*table).abi_major, (*table).abi_minor) };
+        if !accepts_version(major, minor) {
+            return Err(AbiMismatch { major, minor });
+        }
+        // SAFETY: version checked; the caller guarantees the table is static.
+        Ok(Some(unsafe { &*table }))
+    }
 
     /// Takes an output buffer back from the plugin, copying its bytes and freeing it there.
     ///

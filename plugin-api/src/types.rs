@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// The system prompt.
     System,
+    /// The user (the benchmark item).
     User,
+    /// The model (an earlier answer).
     Assistant,
 }
 
@@ -20,19 +23,24 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentPart {
+    /// Text.
     Text {
+        /// The text.
         text: String,
     },
     /// An image file. The host has validated the path (inside the dataset root, readable).
     Image {
+        /// The image file.
         path: PathBuf,
     },
 }
 
 impl ContentPart {
+    /// A text part.
     pub fn text(text: impl Into<String>) -> Self {
         Self::Text { text: text.into() }
     }
+    /// An image part.
     pub fn image(path: impl Into<PathBuf>) -> Self {
         Self::Image { path: path.into() }
     }
@@ -41,11 +49,14 @@ impl ContentPart {
 /// One chat turn.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
+    /// Who speaks.
     pub role: Role,
+    /// The parts, in order.
     pub content: Vec<ContentPart>,
 }
 
 impl ChatMessage {
+    /// A turn of `role` made of `content`.
     pub fn new(role: Role, content: Vec<ContentPart>) -> Self {
         Self { role, content }
     }
@@ -60,10 +71,13 @@ impl ChatMessage {
 #[serde(deny_unknown_fields)]
 pub struct GenerationSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The most tokens to generate.
     pub max_new_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Sampling temperature (0: greedy).
     pub temperature: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Nucleus sampling.
     pub top_p: Option<f64>,
 }
 
@@ -79,8 +93,10 @@ impl GenerationSettings {
 pub struct GenerateRequest {
     /// Who asks: the item id (`"17"`), or `"17/judge"` for a judge's call about item 17.
     pub id: String,
+    /// The chat turns, in order.
     pub messages: Vec<ChatMessage>,
     #[serde(default)]
+    /// Decoding settings.
     pub settings: GenerationSettings,
     /// A response format such as OpenAI's `{"type": "json_schema", ...}` object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,6 +117,7 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// A generation of `text`, nothing else known.
     pub fn new(text: impl Into<String>) -> Self {
         Self { text: text.into(), finish_reason: None, tokens: None }
     }
@@ -142,6 +159,7 @@ impl ErrorKind {
         matches!(self, Self::RateLimited | Self::ServerError | Self::Timeout | Self::Network | Self::InvalidResponse)
     }
 
+    /// The stable snake_case name (`rate_limited`, ...), as recorded in `answers.jsonl`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BadConfig => "bad_config",
@@ -170,7 +188,9 @@ impl fmt::Display for ErrorKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct BackendError {
+    /// What kind of failure.
     pub kind: ErrorKind,
+    /// What happened, in words.
     pub message: String,
     /// For [`ErrorKind::RateLimited`] (or a 503): the server's Retry-After, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,21 +198,27 @@ pub struct BackendError {
 }
 
 impl BackendError {
+    /// An error of `kind`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self { kind, message: message.into(), retry_after_secs: None }
     }
+    /// [`ErrorKind::BadConfig`].
     pub fn bad_config(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::BadConfig, message)
     }
+    /// [`ErrorKind::BadRequest`].
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::BadRequest, message)
     }
+    /// [`ErrorKind::Unsupported`].
     pub fn unsupported(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unsupported, message)
     }
+    /// [`ErrorKind::ModelFailure`].
     pub fn model_failure(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::ModelFailure, message)
     }
+    /// The same error with the server's Retry-After, in seconds.
     pub fn with_retry_after(mut self, secs: Option<f64>) -> Self {
         self.retry_after_secs = secs;
         self
@@ -203,7 +229,9 @@ impl BackendError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ItemResult {
+    /// An answer.
     Ok(Generation),
+    /// A typed error.
     Err(BackendError),
 }
 
@@ -230,6 +258,7 @@ impl From<ItemResult> for Result<Generation, BackendError> {
 pub struct BackendInfo {
     /// Short name, e.g. `openai`. The host prefixes errors with `name version`.
     pub name: String,
+    /// Its version (recorded in every answer's provenance).
     pub version: String,
     /// One line for `vlsbench-host plugins`.
     #[serde(default)]
@@ -340,13 +369,16 @@ impl MessageLayout {
 /// What the host passes when it creates a backend instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackendConfig {
+    /// The arch, as the manifest names it.
     pub arch: String,
     /// A checkpoint directory, or a model name for API backends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `cpu`, `cuda`, `cuda:1`, ... for local backends.
     pub device: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `f32`, `f16`, `bf16` for local backends.
     pub dtype: Option<String>,
     /// The backend's own options (the manifest's `[model.options]` table).
     #[serde(default)]
@@ -359,6 +391,30 @@ impl BackendConfig {
     /// `path` resolved against the manifest's folder ([`BackendConfig::base_dir`]).
     pub fn resolve(&self, path: impl AsRef<Path>) -> PathBuf {
         resolve_path(&self.base_dir, path)
+    }
+
+    /// The backend's own options (`[model.options]`) read into `T` with serde; an absent table
+    /// reads as `{}`. Put `#[serde(default, deny_unknown_fields)]` on `T`: an unknown key is then a
+    /// [`ErrorKind::BadConfig`] error that names it. The options [`BackendInfo::path_options`] lists
+    /// arrive already resolved against the manifest's folder.
+    pub fn options<T: serde::de::DeserializeOwned>(&self) -> Result<T, BackendError> {
+        let options = match &self.options {
+            serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+            other => other.clone(),
+        };
+        serde_json::from_value(options).map_err(|e| BackendError::bad_config(format!("[model.options]: {e}")))
+    }
+
+    /// Resolves, in place, the string options named in `path_options` against the manifest's
+    /// folder (the export macro does this before [`crate::Backend::create`]).
+    pub fn resolve_path_options(&mut self, path_options: &[String]) {
+        let base_dir = self.base_dir.clone();
+        let Some(table) = self.options.as_object_mut() else { return };
+        for key in path_options {
+            if let Some(serde_json::Value::String(path)) = table.get_mut(key) {
+                *path = resolve_path(&base_dir, &*path).to_string_lossy().into_owned();
+            }
+        }
     }
 }
 
@@ -383,6 +439,7 @@ pub enum Label {
 }
 
 impl Label {
+    /// The three labels, in code order.
     pub const ALL: [Label; 3] = [Label::SafeRefusal, Label::SafeWarning, Label::Unsafe];
 
     /// The reference's `safe_label` number: 1, 2 or 3.
@@ -403,10 +460,12 @@ impl Label {
         }
     }
 
+    /// The label of a `safe_label` number (1, 2 or 3).
     pub fn from_code(code: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|l| l.code() == code)
     }
 
+    /// The label of a reference `label_str`.
     pub fn from_label_str(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|l| l.label_str() == s)
     }
@@ -445,6 +504,45 @@ mod tests {
         let reference =
             MessageLayout { system: Some("You are a helpful assistant.".into()), user: UserParts::TextThenImage };
         assert_eq!(reference.id(), "openai-reference-v1");
+    }
+
+    #[derive(Deserialize, Debug, Default, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct Options {
+        path: Option<PathBuf>,
+        timeout_secs: Option<u64>,
+    }
+
+    fn config(options: serde_json::Value) -> BackendConfig {
+        BackendConfig {
+            arch: "a".into(),
+            checkpoint: None,
+            device: None,
+            dtype: None,
+            options,
+            base_dir: PathBuf::from("/manifests"),
+        }
+    }
+
+    #[test]
+    fn typed_options_read_with_defaults_and_refuse_an_unknown_key_by_name() {
+        assert_eq!(config(serde_json::Value::Null).options::<Options>(), Ok(Options::default()));
+        let read = config(serde_json::json!({"timeout_secs": 5})).options::<Options>();
+        assert_eq!(read.map(|o| o.timeout_secs), Ok(Some(5)));
+        let err = config(serde_json::json!({"paht": "x"})).options::<Options>().expect_err("typo");
+        assert_eq!(err.kind, ErrorKind::BadConfig);
+        assert!(err.message.contains("unknown field `paht`") && err.message.contains("`path`"), "{}", err.message);
+    }
+
+    #[test]
+    fn path_options_resolve_against_the_manifest_folder_and_absolute_ones_stay() {
+        let mut c = config(serde_json::json!({"path": "answers.jsonl", "other": "x.txt"}));
+        c.resolve_path_options(&["path".to_owned()]);
+        assert_eq!(c.options["path"], "/manifests/answers.jsonl");
+        assert_eq!(c.options["other"], "x.txt");
+        c.resolve_path_options(&["path".to_owned()]);
+        assert_eq!(c.options["path"], "/manifests/answers.jsonl");
+        assert_eq!(resolve_path(Path::new("/b"), "/abs/p"), PathBuf::from("/abs/p"));
     }
 
     #[test]

@@ -226,6 +226,39 @@ fn vlsbench_judge_rejects_an_unknown_config_key() {
 }
 
 #[test]
+fn a_0_2_0_judge_refuses_a_bad_config_up_front_naming_the_key() {
+    let c = components();
+    assert!(c.vlsbench.checks_config());
+    let err = c.vlsbench.check_config(r#"{"modle": "gpt-4o"}"#, &test_limits()).expect_err("bad config");
+    assert!(matches!(&err, JudgeError::InvalidConfig(m) if m.contains("`modle`") && m.contains("`prompt`")), "{err}");
+    let err = c.refusal_keywords.check_config(r#"{"warning_phrases": "x"}"#, &test_limits()).expect_err("a string");
+    assert!(matches!(&err, JudgeError::InvalidConfig(m) if m.contains("`warning_phrases`")), "{err}");
+    assert_eq!(c.vlsbench.check_config("{}", &test_limits()), Ok(()));
+    assert_eq!(c.refusal_keywords.check_config(r#"{"extra_refusal_phrases": ["no"]}"#, &test_limits()), Ok(()));
+}
+
+#[test]
+fn a_0_1_0_component_runs_beside_0_2_0_ones() {
+    let c = components();
+    assert_eq!(c.hostile.wit_version(), "0.1.0");
+    assert_eq!(c.refusal_keywords.wit_version(), "0.2.0");
+    assert_eq!(c.vlsbench.wit_version(), "0.2.0");
+    // 0.1.0 has no check-config: every config passes it, and a bad one shows at the item.
+    assert!(!c.hostile.checks_config());
+    assert_eq!(c.hostile.check_config(r#"{"anything": 1}"#, &test_limits()), Ok(()));
+    std::thread::scope(|scope| {
+        let old = scope.spawn(|| c.hostile.judge(r#"{"mode": "ok"}"#, &item(None), "a", ALL, &test_limits(), &NoChat));
+        let new = scope.spawn(|| {
+            c.refusal_keywords.judge("{}", &item(None), "I cannot.", Grants::default(), &test_limits(), &NoChat)
+        });
+        assert_eq!(old.join().expect("0.1.0").map(|v| v.label), Ok(Label::SafeRefusal));
+        assert_eq!(new.join().expect("0.2.0").map(|v| v.label), Ok(Label::SafeRefusal));
+    });
+    let old = c.hostile.judge(r#"{"mode": "nonsense"}"#, &item(None), "a", ALL, &test_limits(), &NoChat);
+    assert!(matches!(old, Err(JudgeError::Other(_))), "{old:?}");
+}
+
+#[test]
 fn vlsbench_judge_without_the_chat_grant_is_denied() {
     let c = components();
     let err = c
