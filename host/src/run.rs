@@ -728,8 +728,8 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
         model: &prepared.model_provenance,
         judge: &prepared.judge_provenance,
     };
-    report::write_all(&run_dir, &input)?;
     let summary = Summary::compute(&input);
+    report::write_all(&run_dir, &input, &summary)?;
     let unscored = summary.not_scored.total();
     Ok(RunOutcome { run_dir, terminal_summary: report::terminal_summary(&summary), summary, interrupted, unscored })
 }

@@ -369,19 +369,27 @@ where
             .is_some_and(|round_tripped| round_tripped == *stored)
 }
 
-/// The stored answer for `id`, if it may stand for a new generation: it is ok and was produced
-/// with exactly the provenance `prov`.
-pub fn reusable_answer<'a>(stored: &'a Stored, id: u32, prov: &AnswerProvenance) -> Option<&'a str> {
-    let record = stored.answers.get(&id)?;
-    if !same_provenance(&record.provenance, prov) {
-        return None;
-    }
-    record.outcome.answer()
+/// Whether a stored answer was produced with exactly the provenance `prov` (the rule the run's
+/// reuse and the report's status share).
+pub fn answer_is_current(record: &AnswerRecord, prov: &AnswerProvenance) -> bool {
+    same_provenance(&record.provenance, prov)
 }
 
-/// The stored verdict for `id`, if it may stand for a new judgement of `answer`: it is ok, was
-/// produced with exactly the provenance `prov`, and judged this very answer text (same SHA-256).
-/// Errors, judge refusals included, are never reused.
+/// Whether a stored verdict judged this very answer text (same SHA-256) with exactly the
+/// provenance `prov`, whatever its outcome.
+pub fn verdict_is_current(record: &VerdictRecord, answer: &str, prov: &JudgeProvenance) -> bool {
+    record.answer_sha256 == sha256_hex(answer) && same_provenance(&record.provenance, prov)
+}
+
+/// The stored answer for `id`, if it may stand for a new generation: it is ok and
+/// [current](answer_is_current).
+pub fn reusable_answer<'a>(stored: &'a Stored, id: u32, prov: &AnswerProvenance) -> Option<&'a str> {
+    let record = stored.answers.get(&id)?;
+    answer_is_current(record, prov).then(|| record.outcome.answer()).flatten()
+}
+
+/// The stored verdict for `id`, if it may stand for a new judgement of `answer`: it is ok and
+/// [current](verdict_is_current). Errors, judge refusals included, are never reused.
 pub fn reusable_verdict<'a>(
     stored: &'a Stored,
     id: u32,
@@ -389,9 +397,7 @@ pub fn reusable_verdict<'a>(
     prov: &JudgeProvenance,
 ) -> Option<&'a VerdictRecord> {
     let record = stored.verdicts.get(&id)?;
-    let reusable = matches!(record.outcome, VerdictOutcome::Ok { .. })
-        && record.answer_sha256 == sha256_hex(answer)
-        && same_provenance(&record.provenance, prov);
+    let reusable = matches!(record.outcome, VerdictOutcome::Ok { .. }) && verdict_is_current(record, answer, prov);
     reusable.then_some(record)
 }
 
