@@ -1,0 +1,177 @@
+//! Preparing a run: the manifest's dataset, backends and judge resolved and checked before any
+//! item runs (`validate` stops here). Nothing is generated or judged.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use vlsbench_plugin_api::{BackendConfig, GenerationSettings, resolve_path};
+
+use super::RunOptions;
+use crate::backend::{self, BackendLibrary};
+use crate::dataset::{self, Dataset, Filters};
+use crate::judge::{Grants, JudgeComponent, JudgeEngine, JudgeInfo, JudgeLimits, find_judge};
+use crate::manifest::{Capability, JudgeSection, LoadedManifest, ModelSection};
+use crate::store::{self, AnswerProvenance, JudgeProvenance};
+
+/// Everything a run needs, resolved and checked, before any item runs. `validate` stops here.
+pub struct Prepared {
+    pub manifest: LoadedManifest,
+    pub dataset: Dataset,
+    pub model_library: BackendLibrary,
+    pub model_provenance: AnswerProvenance,
+    pub judge: JudgeComponent,
+    pub judge_model_library: Option<BackendLibrary>,
+    pub judge_provenance: JudgeProvenance,
+    pub grants: Grants,
+    pub limits: JudgeLimits,
+    pub search_path: Vec<PathBuf>,
+}
+
+/// Resolves the manifest's dataset, backends and judge, and has the judge check its config;
+/// runs nothing.
+pub fn prepare(manifest: LoadedManifest, opts: &RunOptions) -> anyhow::Result<Prepared> {
+    let m = &manifest.manifest;
+    let at = |section: &str| format!("{}: {section}", manifest.path.display());
+    let dirs = backend::search_path(&opts.plugin_dirs);
+    let dataset = dataset::load(&manifest.dataset_root(), &m.dataset.data_file, &Filters::from_section(&m.dataset))
+        .with_context(|| at("[dataset]"))?;
+    for w in &dataset.warnings {
+        tracing::warn!("dataset: {w}");
+    }
+    let model_library = find_backend(&m.model, &manifest.base_dir, &dirs).with_context(|| at("[model]"))?;
+    let model_provenance = answer_provenance(&model_library, &m.model, m.model.settings());
+
+    let engine = JudgeEngine::new(opts.cache_dir.clone()).context("cannot start the judge engine")?;
+    let judge_path = find_judge(&m.judge.component, &manifest.base_dir, &dirs).with_context(|| at("[judge]"))?;
+    let judge = engine.load(&judge_path).with_context(|| at("[judge]"))?;
+    let info = judge.info().clone();
+    let grants = grants(&m.judge, &info).with_context(|| at("[judge]"))?;
+    let judge_model_library = match (&m.judge.model, info.wants_chat) {
+        (Some(jm), true) => Some(find_backend(jm, &manifest.base_dir, &dirs).with_context(|| at("[judge.model]"))?),
+        _ => None,
+    };
+    let judge_provenance = JudgeProvenance {
+        judge: info.name.clone(),
+        judge_version: info.version.clone(),
+        component_sha256: judge.sha256().to_string(),
+        config: m.judge.config_json(),
+        model: m
+            .judge
+            .model
+            .as_ref()
+            .zip(judge_model_library.as_ref())
+            .map(|(jm, lib)| answer_provenance(lib, jm, jm.generation.clone())),
+    };
+    let limits = judge_limits(&m.judge);
+    // A judge built on WIT 0.2.0 or later says now whether it accepts its config, instead of
+    // failing every item.
+    judge
+        .check_config(&judge_config_text(&judge_provenance), &limits)
+        .with_context(|| format!("{} of judge {} {}", at("[judge.config]"), info.name, info.version))?;
+    Ok(Prepared {
+        manifest,
+        dataset,
+        model_library,
+        model_provenance,
+        judge,
+        judge_model_library,
+        judge_provenance,
+        grants,
+        limits,
+        search_path: dirs,
+    })
+}
+
+/// The config a judge is given: the manifest's `[judge.config]` as JSON text.
+pub(super) fn judge_config_text(provenance: &JudgeProvenance) -> String {
+    serde_json::to_string(&provenance.config).unwrap_or_else(|_| "{}".into())
+}
+
+/// The backend a model section names, with the local paths it will read checked.
+fn find_backend(model: &ModelSection, base_dir: &Path, dirs: &[PathBuf]) -> anyhow::Result<BackendLibrary> {
+    let library = backend::find(&model.arch, model.backend.as_deref(), base_dir, dirs)?;
+    check_local_paths(&library, model, base_dir)?;
+    Ok(library)
+}
+
+/// The capabilities granted, refusing a judge that asks for chat when none is granted.
+fn grants(section: &JudgeSection, info: &JudgeInfo) -> anyhow::Result<Grants> {
+    let grants =
+        Grants { chat: section.grant.contains(&Capability::Chat), log: section.grant.contains(&Capability::Log) };
+    if info.wants_chat && !grants.chat {
+        bail!(
+            "judge {} {} asks for the `chat` capability, which [judge] does not grant (add grant = [\"chat\"] and a [judge.model])",
+            info.name,
+            info.version
+        );
+    }
+    Ok(grants)
+}
+
+/// The provenance of answers a model section produces through `library`.
+pub fn answer_provenance(lib: &BackendLibrary, model: &ModelSection, settings: GenerationSettings) -> AnswerProvenance {
+    AnswerProvenance {
+        backend: lib.info.name.clone(),
+        backend_version: lib.info.version.clone(),
+        arch: model.arch.clone(),
+        checkpoint: model.checkpoint.clone(),
+        device: model.device.clone(),
+        dtype: model.dtype.clone(),
+        settings,
+        // The backend declares each arch's message layout; the host never decides it from the name.
+        prompt: lib.info.message_layout(&model.arch).id(),
+        options_sha256: store::sha256_hex(&serde_json::to_string(&model.options_json()).unwrap_or_default()),
+    }
+}
+
+/// What a backend is created with for a model section.
+pub(super) fn backend_config(model: &ModelSection, base_dir: &Path) -> BackendConfig {
+    BackendConfig {
+        arch: model.arch.clone(),
+        checkpoint: model.checkpoint.clone(),
+        device: model.device.clone(),
+        dtype: model.dtype.clone(),
+        options: model.options_json(),
+        base_dir: base_dir.to_path_buf(),
+    }
+}
+
+/// Checks, before any model is loaded, that the local paths a backend will read exist: the
+/// checkpoint folder when the backend says it is one, and the options it names as paths.
+pub fn check_local_paths(lib: &BackendLibrary, model: &ModelSection, base_dir: &Path) -> anyhow::Result<()> {
+    if lib.info.checkpoint_is_path {
+        let Some(ck) = model.checkpoint.as_deref() else {
+            bail!("arch {} needs `checkpoint = \"<folder>\"`: the checkpoint folder to load", model.arch);
+        };
+        let dir = resolve_path(base_dir, ck);
+        if !dir.is_dir() {
+            bail!(
+                "checkpoint {}: {} (set `checkpoint` to the folder that holds the model's config.json and weights)",
+                dir.display(),
+                if dir.exists() { "not a folder" } else { "no such folder" }
+            );
+        }
+    }
+    for key in &lib.info.path_options {
+        if let Some(v) = model.options.get(key).and_then(|v| v.as_str()) {
+            let p = resolve_path(base_dir, v);
+            if !p.exists() {
+                bail!("options.{key} {}: no such file or folder", p.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Limits from `[judge.limits]` over the defaults.
+pub fn judge_limits(section: &JudgeSection) -> JudgeLimits {
+    let d = JudgeLimits::default();
+    let l = &section.limits;
+    JudgeLimits {
+        fuel: l.fuel.unwrap_or(d.fuel),
+        timeout: l.timeout_secs.map(|s| Duration::from_secs_f64(s.max(0.001))).unwrap_or(d.timeout),
+        memory_bytes: l.memory_mib.map(|m| (m as usize).saturating_mul(1 << 20)).unwrap_or(d.memory_bytes),
+        max_output_bytes: l.max_output_kib.map(|k| (k as usize).saturating_mul(1 << 10)).unwrap_or(d.max_output_bytes),
+    }
+}
