@@ -207,43 +207,17 @@ pub trait Judge {
     fn judge(config: &Self::Config, item: &Item, answer: &str) -> Result<Verdict, JudgeError>;
 }
 
-/// Reads a judge's config from the host's JSON text (empty text and `null` read as `{}`), then
-/// runs [`Judge::check_config`]. The error says what is wrong, naming the key.
+/// Reads a judge's config from the host's JSON text (empty text and `null` read as `{}`) with
+/// [`read_table`](crate::options::read_table), then runs [`Judge::check_config`]. The error says
+/// what is wrong, naming the key.
 pub fn parse_config<J: Judge>(json: &str) -> Result<J::Config, String> {
-    let value = match json.trim() {
+    let table = match json.trim() {
         "" => serde_json::Value::Null,
         text => serde_json::from_str(text).map_err(|e| format!("the config is not valid JSON: {e}"))?,
     };
-    let table = match value {
-        serde_json::Value::Null => serde_json::Value::Object(Default::default()),
-        // serde would read a struct from an array too: a config is a table.
-        table @ serde_json::Value::Object(_) => table,
-        other => return Err(format!("the config must be a table, not {other}")),
-    };
-    // From a `Value`, serde_json's message carries no position (which would point into the host's
-    // JSON rendering of the manifest's TOML, not the manifest).
-    let config: J::Config = serde_json::from_value(table.clone()).map_err(|e| name_the_key::<J>(&table, &e))?;
+    let config = crate::options::read_table::<J::Config>(&table)?;
     J::check_config(&config)?;
     Ok(config)
-}
-
-/// serde names an unknown or missing key, but not the key whose value has the wrong type: that
-/// one is found by reading each key alone (the config's fields have defaults).
-fn name_the_key<J: Judge>(table: &serde_json::Value, error: &serde_json::Error) -> String {
-    let message = error.to_string();
-    if message.contains("field `") {
-        return message;
-    }
-    let bad_key = table.as_object().and_then(|table| {
-        table.iter().find_map(|(key, value)| {
-            let alone = serde_json::Value::Object([(key.clone(), value.clone())].into_iter().collect());
-            serde_json::from_value::<J::Config>(alone).is_err().then_some(key)
-        })
-    });
-    match bad_key {
-        Some(key) => format!("`{key}`: {message}"),
-        None => message,
-    }
 }
 
 /// Sends a chat request to the judge model (the `chat` capability, asked for in
@@ -452,8 +426,8 @@ mod tests {
     fn a_config_that_parses_is_checked_by_the_judge() {
         assert_eq!(parse_config::<Sample>(r#"{"max_tokens": 0}"#), Err("`max_tokens` must be positive".into()));
         let err = parse_config::<Sample>(r#"{"prompt": "x", "max_tokens": "9"}"#).expect_err("a string");
-        assert!(err.starts_with("`max_tokens`: invalid type"), "{err}");
-        assert!(parse_config::<Sample>(r#"["p", 1]"#).expect_err("an array").contains("must be a table"));
+        assert!(err.contains("`max_tokens`: invalid type"), "{err}");
+        assert!(parse_config::<Sample>(r#"["p", 1]"#).expect_err("an array").contains("expected a table"));
         assert!(parse_config::<Sample>("{").is_err());
     }
 

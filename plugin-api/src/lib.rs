@@ -9,6 +9,7 @@
 //! - `judge` (feature `judge-guest`): the judge SDK. Authors implement `judge::Judge` over this
 //!   crate's types and call `export_judge!`, which targets the WIT world `vlsbench:judge@0.2.0`
 //!   (`wit/judge@0.2.0/`); the generated bindings stay hidden.
+//! - [`options`]: a plugin's options table read into a serde type, unknown keys refused by name.
 //! - [`text`]: rules every side shares, such as Python's `str.strip()` ([`python_strip`]).
 
 #![deny(missing_docs)]
@@ -16,6 +17,7 @@
 pub mod abi;
 #[cfg(feature = "judge-guest")]
 pub mod judge;
+pub mod options;
 pub mod text;
 pub mod types;
 

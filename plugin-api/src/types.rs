@@ -398,11 +398,7 @@ impl BackendConfig {
     /// [`ErrorKind::BadConfig`] error that names it. The options [`BackendInfo::path_options`] lists
     /// arrive already resolved against the manifest's folder.
     pub fn options<T: serde::de::DeserializeOwned>(&self) -> Result<T, BackendError> {
-        let options = match &self.options {
-            serde_json::Value::Null => serde_json::Value::Object(Default::default()),
-            other => other.clone(),
-        };
-        serde_json::from_value(options).map_err(|e| BackendError::bad_config(format!("[model.options]: {e}")))
+        crate::options::read_table(&self.options).map_err(|e| BackendError::bad_config(format!("[model.options]: {e}")))
     }
 
     /// Resolves, in place, the string options named in `path_options` against the manifest's

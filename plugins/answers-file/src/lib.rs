@@ -108,9 +108,9 @@ impl Backend for AnswersFile {
     }
 
     fn create(config: BackendConfig) -> Result<Self, BackendError> {
-        let options: Options = serde_json::from_value(config.options)
-            .map_err(|e| BackendError::bad_config(format!("[model.options]: {e} (expected `path`)")))?;
-        let path = if options.path.is_absolute() { options.path } else { config.base_dir.join(options.path) };
+        let options: Options = config.options()?;
+        // Already resolved when the host created it through the ABI; resolving is idempotent.
+        let path = config.resolve(&options.path);
         let answers = read_answers(&path)?;
         Ok(Self { path, answers })
     }

@@ -10,11 +10,14 @@
 //! Any other key is an error. The key itself is read from the environment, never from the
 //! manifest, and is kept in an [`ApiKey`] whose `Debug` output hides it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::Value;
 use vlsbench_plugin_api::BackendError;
+use vlsbench_plugin_api::options::read_table;
 
 /// Where requests go when the manifest names no server.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -22,8 +25,6 @@ pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 pub const DEFAULT_API_KEY_ENV: &str = "OPENAI_API_KEY";
 /// Seconds a request may take, start to end, by default.
 pub const DEFAULT_TIMEOUT_SECS: f64 = 120.0;
-/// Every option this backend knows.
-pub const OPTION_NAMES: [&str; 4] = ["base_url", "api_key_env", "timeout_secs", "extra_headers"];
 
 /// An API key. Its `Debug` output never shows the key.
 #[derive(Clone, PartialEq, Eq)]
@@ -58,116 +59,73 @@ pub struct Options {
     pub extra_headers: Vec<(String, String)>,
 }
 
+/// `[model.options]` as written: every key optional, any other key refused by name.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Written {
+    base_url: String,
+    api_key_env: String,
+    timeout_secs: f64,
+    extra_headers: BTreeMap<String, String>,
+}
+
+impl Default for Written {
+    fn default() -> Self {
+        Self {
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            api_key_env: DEFAULT_API_KEY_ENV.to_owned(),
+            timeout_secs: DEFAULT_TIMEOUT_SECS,
+            extra_headers: BTreeMap::new(),
+        }
+    }
+}
+
 impl Options {
     /// Validates `options` (a JSON object, or null for all defaults), reading the key through
     /// `env` (a variable's name → its value).
     pub fn parse(options: &Value, env: impl Fn(&str) -> Option<String>) -> Result<Self, BackendError> {
-        let empty = serde_json::Map::new();
-        let map = match options {
-            Value::Null => &empty,
-            Value::Object(map) => map,
-            other => {
-                return Err(BackendError::bad_config(format!(
-                    "the openai backend's options must be a table, not {}",
-                    json_type(other)
-                )));
-            }
-        };
-        if let Some(unknown) = map.keys().find(|k| !OPTION_NAMES.contains(&k.as_str())) {
-            return Err(BackendError::bad_config(format!(
-                "unknown option `{unknown}` for the openai backend (known options: {})",
-                OPTION_NAMES.join(", ")
-            )));
-        }
-
-        let base_url = match map.get("base_url") {
-            None => DEFAULT_BASE_URL.to_string(),
-            Some(v) => string_option("base_url", v)?.to_string(),
-        };
-        let base_url = base_url.trim().trim_end_matches('/').to_string();
+        let written: Written =
+            read_table(options).map_err(|e| BackendError::bad_config(format!("the openai backend's options: {e}")))?;
+        let base_url = written.base_url.trim().trim_end_matches('/').to_string();
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             return Err(BackendError::bad_config(format!(
                 "option `base_url` must start with http:// or https://, got `{base_url}`"
             )));
         }
-
-        let api_key_env = match map.get("api_key_env") {
-            None => DEFAULT_API_KEY_ENV.to_string(),
-            Some(v) => string_option("api_key_env", v)?.to_string(),
-        };
-        let (api_key_env, api_key) = if api_key_env.is_empty() {
-            (None, None)
-        } else {
-            let key = match env(&api_key_env) {
-                None => {
-                    return Err(BackendError::bad_config(format!(
-                        "environment variable `{api_key_env}` is not set; it should hold the API key \
-                         (set option `api_key_env` to another variable's name, or to \"\" to send no key)"
-                    )));
-                }
-                Some(key) if key.trim().is_empty() => {
-                    return Err(BackendError::bad_config(format!(
-                        "environment variable `{api_key_env}` is empty; it should hold the API key"
-                    )));
-                }
-                Some(key) => key.trim().to_string(),
-            };
-            (Some(api_key_env), Some(ApiKey::new(key)))
-        };
-
-        let timeout = match map.get("timeout_secs") {
-            None => Duration::from_secs_f64(DEFAULT_TIMEOUT_SECS),
-            Some(v) => match v.as_f64() {
-                Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1.0e9 => Duration::from_secs_f64(secs),
-                _ => {
-                    return Err(BackendError::bad_config(format!(
-                        "option `timeout_secs` must be a positive number of seconds, got {v}"
-                    )));
-                }
-            },
-        };
-
-        let extra_headers = match map.get("extra_headers") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Object(headers)) => {
-                let mut out = Vec::with_capacity(headers.len());
-                for (name, value) in headers {
-                    let Some(value) = value.as_str() else {
-                        return Err(BackendError::bad_config(format!(
-                            "option `extra_headers`: the value of header `{name}` must be a string, not {}",
-                            json_type(value)
-                        )));
-                    };
-                    out.push((name.clone(), value.to_string()));
-                }
-                out
-            }
-            Some(other) => {
-                return Err(BackendError::bad_config(format!(
-                    "option `extra_headers` must be a table of header names to strings, not {}",
-                    json_type(other)
-                )));
-            }
-        };
-
-        Ok(Self { base_url, api_key_env, api_key, timeout, extra_headers })
+        let secs = written.timeout_secs;
+        if !(secs.is_finite() && secs > 0.0 && secs < 1.0e9) {
+            return Err(BackendError::bad_config(format!(
+                "option `timeout_secs` must be a positive number of seconds, got {secs}"
+            )));
+        }
+        let (api_key_env, api_key) = read_key(written.api_key_env, env)?;
+        Ok(Self {
+            base_url,
+            api_key_env,
+            api_key,
+            timeout: Duration::from_secs_f64(secs),
+            extra_headers: written.extra_headers.into_iter().collect(),
+        })
     }
 }
 
-fn string_option<'a>(name: &str, value: &'a Value) -> Result<&'a str, BackendError> {
-    value
-        .as_str()
-        .ok_or_else(|| BackendError::bad_config(format!("option `{name}` must be a string, not {}", json_type(value))))
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "a table",
+/// The key from the variable `name` (`""`: no key, no variable read).
+fn read_key(
+    name: String,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Option<String>, Option<ApiKey>), BackendError> {
+    if name.is_empty() {
+        return Ok((None, None));
+    }
+    match env(&name) {
+        None => Err(BackendError::bad_config(format!(
+            "environment variable `{name}` is not set; it should hold the API key \
+             (set option `api_key_env` to another variable's name, or to \"\" to send no key)"
+        ))),
+        Some(key) if key.trim().is_empty() => {
+            Err(BackendError::bad_config(format!("environment variable `{name}` is empty; it should hold the API key")))
+        }
+        Some(key) => Ok((Some(name), Some(ApiKey::new(key.trim())))),
     }
 }
 
@@ -222,7 +180,9 @@ mod tests {
     fn an_unknown_option_is_a_config_error_that_names_it() {
         let e = Options::parse(&json!({"base_ur": "http://x"}), env_with_key).unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadConfig);
-        assert!(e.message.contains("`base_ur`"), "{}", e.message);
+        assert!(e.message.contains("`base_ur`") && e.message.contains("`base_url`"), "{}", e.message);
+        let e = Options::parse(&json!({"base_url": "http://x", "timeout_secs": "10"}), env_with_key).unwrap_err();
+        assert!(e.message.contains("`timeout_secs`"), "{}", e.message);
     }
 
     #[test]
