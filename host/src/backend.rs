@@ -12,7 +12,7 @@ use std::sync::{Mutex, OnceLock};
 use vlsbench_plugin_api::abi::{self, BackendTable, EntryFn};
 use vlsbench_plugin_api::{
     ABI_MAJOR, ABI_MINOR, BackendConfig, BackendError, BackendInfo, ENTRY_SYMBOL, GenerateRequest, Generation,
-    ItemResult,
+    ItemResult, resolve_path,
 };
 
 /// File-name prefix of backend libraries on the plugin path (`libvlsbench_backend_openai.so`).
@@ -181,10 +181,7 @@ pub fn find(
     dirs: &[PathBuf],
 ) -> Result<BackendLibrary, BackendLoadError> {
     let lib = match backend {
-        Some(b) if looks_like_path(b) => {
-            let p = Path::new(b);
-            load_library(&if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) })?
-        }
+        Some(b) if looks_like_path(b) => load_library(&resolve_path(base_dir, b))?,
         Some(name) => {
             discover(dirs).into_iter().filter_map(Result::ok).find(|l| l.info.name == name).ok_or_else(|| {
                 BackendLoadError::NoBackendNamed { name: name.to_string(), searched: describe_dirs(dirs) }

@@ -229,11 +229,8 @@ fn rejudge(run_dir: &Path, judge_file: &Path, name: Option<String>, common: &Com
     let mut judge = parsed.judge;
     let judge_dir = judge_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let judge_dir = judge_dir.canonicalize().unwrap_or_else(|_| judge_dir.to_path_buf());
-    if judge.component.ends_with(".wasm") || judge.component.contains('/') {
-        let p = Path::new(&judge.component);
-        if p.is_relative() {
-            judge.component = judge_dir.join(p).display().to_string();
-        }
+    if crate::judge::discovery::names_a_file(&judge.component) {
+        judge.component = vlsbench_plugin_api::resolve_path(&judge_dir, &judge.component).display().to_string();
     }
 
     let mut table: toml::Table = toml::from_str(&old_text).context("the run's manifest.toml is not valid TOML")?;

@@ -283,7 +283,7 @@ impl LoadedManifest {
 
     /// Resolves a manifest path against the manifest's folder.
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        vlsbench_plugin_api::resolve_path(&self.base_dir, p)
     }
 
     /// The dataset root.

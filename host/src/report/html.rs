@@ -83,6 +83,21 @@ fn ids_phrase(ids: &[u32]) -> String {
 /// The self-contained HTML report: no external assets, all text escaped.
 pub fn render_html(input: &ReportInput<'_>, summary: &Summary) -> String {
     let mut out = String::new();
+    head(&mut out, summary);
+    group_tables(&mut out, summary);
+    not_scored_table(&mut out, summary);
+    out.push_str("<h2>Provenance</h2>\n");
+    let provenance = serde_json::to_string_pretty(&summary.provenance)
+        .unwrap_or_else(|e| format!("(cannot render the provenance: {e})"));
+    let _ = writeln!(out, "<pre>{}</pre>", escape_html(&provenance));
+
+    judged_items(&mut out, input);
+    out.push_str("</body>\n</html>\n");
+    out
+}
+
+/// The page's head, title, one-line provenance and notes.
+fn head(out: &mut String, summary: &Summary) {
     let title = format!("VLSBench report: {}", summary.arch);
     let _ = write!(
         out,
@@ -113,9 +128,12 @@ pub fn render_html(input: &ReportInput<'_>, summary: &Summary) -> String {
     for note in &summary.notes {
         let _ = writeln!(out, "<p><strong>Note:</strong> {}</p>", escape_html(note));
     }
+}
 
+/// Overall, then by category, sub-category and source.
+fn group_tables(out: &mut String, summary: &Summary) {
     out.push_str("<h2>Overall</h2>\n");
-    group_table(&mut out, "group", &[("overall", &summary.overall)]);
+    group_table(out, "group", &[("overall", &summary.overall)]);
     for (heading, first, groups) in [
         ("By category", "category", &summary.by_category),
         ("By sub-category", "sub-category", &summary.by_sub_category),
@@ -123,9 +141,12 @@ pub fn render_html(input: &ReportInput<'_>, summary: &Summary) -> String {
     ] {
         let _ = writeln!(out, "<h2>{}</h2>", escape_html(heading));
         let rows: Vec<(&str, &GroupStats)> = groups.iter().map(|(k, g)| (k.as_str(), g)).collect();
-        group_table(&mut out, first, &rows);
+        group_table(out, first, &rows);
     }
+}
 
+/// The ids not scored, by reason.
+fn not_scored_table(out: &mut String, summary: &Summary) {
     out.push_str("<h2>Items not scored</h2>\n");
     let ns = &summary.not_scored;
     if ns.total() == 0 {
@@ -153,12 +174,10 @@ pub fn render_html(input: &ReportInput<'_>, summary: &Summary) -> String {
         }
         out.push_str("</table>\n");
     }
+}
 
-    out.push_str("<h2>Provenance</h2>\n");
-    let provenance = serde_json::to_string_pretty(&summary.provenance)
-        .unwrap_or_else(|e| format!("(cannot render the provenance: {e})"));
-    let _ = writeln!(out, "<pre>{}</pre>", escape_html(&provenance));
-
+/// Every judged item, by id.
+fn judged_items(out: &mut String, input: &ReportInput<'_>) {
     out.push_str(
         "<h2>Judged items</h2>\n<table>\n<tr><th>id</th><th>category</th>\
                   <th>question</th><th>answer</th><th>label</th><th>judge explanation</th></tr>\n",
@@ -182,8 +201,7 @@ pub fn render_html(input: &ReportInput<'_>, summary: &Summary) -> String {
             );
         }
     }
-    out.push_str("</table>\n</body>\n</html>\n");
-    out
+    out.push_str("</table>\n");
 }
 
 #[cfg(test)]

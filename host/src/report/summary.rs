@@ -185,50 +185,59 @@ impl Tally {
     }
 }
 
-impl Summary {
-    /// Computes the summary. Pure: no clock, no file system.
-    pub fn compute(input: &ReportInput<'_>) -> Summary {
-        let mut overall = Tally::default();
-        let mut by_category: BTreeMap<String, Tally> = BTreeMap::new();
-        let mut by_sub_category: BTreeMap<String, Tally> = BTreeMap::new();
-        let mut by_source: BTreeMap<String, Tally> = BTreeMap::new();
-        let mut generation_error_kinds: BTreeMap<String, usize> = BTreeMap::new();
-        let mut judge_error_kinds: BTreeMap<String, usize> = BTreeMap::new();
-        let mut not_scored = NotScored::default();
+/// Everything counted in one pass over the items.
+#[derive(Default)]
+struct Counts {
+    overall: Tally,
+    by_category: BTreeMap<String, Tally>,
+    by_sub_category: BTreeMap<String, Tally>,
+    by_source: BTreeMap<String, Tally>,
+    generation_error_kinds: BTreeMap<String, usize>,
+    judge_error_kinds: BTreeMap<String, usize>,
+    not_scored: NotScored,
+}
 
+impl Counts {
+    fn of(input: &ReportInput<'_>) -> Self {
+        let mut c = Counts::default();
         for item in input.items {
             let status = input.status(item);
-            overall.add(&status);
-            by_category.entry(item.category.clone()).or_default().add(&status);
-            by_sub_category.entry(item.sub_category.clone()).or_default().add(&status);
-            by_source.entry(item.source.clone()).or_default().add(&status);
+            c.overall.add(&status);
+            c.by_category.entry(item.category.clone()).or_default().add(&status);
+            c.by_sub_category.entry(item.sub_category.clone()).or_default().add(&status);
+            c.by_source.entry(item.source.clone()).or_default().add(&status);
             let id = item.instruction_id;
+            let ns = &mut c.not_scored;
             match status {
                 ItemStatus::Judged { .. } => {}
                 ItemStatus::GenerationError { kind } => {
-                    *generation_error_kinds.entry(kind.to_owned()).or_default() += 1;
-                    not_scored.generation_error.push(id);
+                    *c.generation_error_kinds.entry(kind.to_owned()).or_default() += 1;
+                    ns.generation_error.push(id);
                 }
                 ItemStatus::JudgeError { kind } => {
-                    *judge_error_kinds.entry(kind.to_owned()).or_default() += 1;
-                    not_scored.judge_error.push(id);
+                    *c.judge_error_kinds.entry(kind.to_owned()).or_default() += 1;
+                    ns.judge_error.push(id);
                 }
-                ItemStatus::JudgeRefusal => not_scored.judge_refusal.push(id),
-                ItemStatus::NotGenerated => not_scored.not_generated.push(id),
-                ItemStatus::NotJudged => not_scored.not_judged.push(id),
+                ItemStatus::JudgeRefusal => ns.judge_refusal.push(id),
+                ItemStatus::NotGenerated => ns.not_generated.push(id),
+                ItemStatus::NotJudged => ns.not_judged.push(id),
             }
         }
+        let ns = &mut c.not_scored;
         for ids in [
-            &mut not_scored.generation_error,
-            &mut not_scored.judge_error,
-            &mut not_scored.judge_refusal,
-            &mut not_scored.not_generated,
-            &mut not_scored.not_judged,
+            &mut ns.generation_error,
+            &mut ns.judge_error,
+            &mut ns.judge_refusal,
+            &mut ns.not_generated,
+            &mut ns.not_judged,
         ] {
             ids.sort_unstable();
         }
+        c
+    }
 
-        let overall = overall.stats();
+    /// Plain-language remarks on the counts.
+    fn notes(&self, overall: &GroupStats) -> Vec<String> {
         let mut notes = Vec::new();
         if overall.judged == 0 {
             notes.push(
@@ -237,14 +246,24 @@ impl Summary {
                     .to_owned(),
             );
         }
-        if not_scored.total() > 0 {
+        if self.not_scored.total() > 0 {
             notes.push(format!(
                 "{} of {} selected items are not scored and count in no rate: {}",
-                not_scored.total(),
+                self.not_scored.total(),
                 overall.items,
-                not_scored_phrase(&not_scored, &generation_error_kinds, &judge_error_kinds)
+                not_scored_phrase(&self.not_scored, &self.generation_error_kinds, &self.judge_error_kinds)
             ));
         }
+        notes
+    }
+}
+
+impl Summary {
+    /// Computes the summary. Pure: no clock, no file system.
+    pub fn compute(input: &ReportInput<'_>) -> Summary {
+        let counts = Counts::of(input);
+        let overall = counts.overall.stats();
+        let notes = counts.notes(&overall);
         let finish = |m: BTreeMap<String, Tally>| m.into_iter().map(|(k, t)| (k, t.stats())).collect();
         Summary {
             format: SUMMARY_FORMAT.to_owned(),
@@ -256,12 +275,12 @@ impl Summary {
             },
             provenance: Provenance { model: input.model.clone(), judge: input.judge.clone() },
             overall,
-            by_category: finish(by_category),
-            by_sub_category: finish(by_sub_category),
-            by_source: finish(by_source),
-            generation_error_kinds,
-            judge_error_kinds,
-            not_scored,
+            by_category: finish(counts.by_category),
+            by_sub_category: finish(counts.by_sub_category),
+            by_source: finish(counts.by_source),
+            generation_error_kinds: counts.generation_error_kinds,
+            judge_error_kinds: counts.judge_error_kinds,
+            not_scored: counts.not_scored,
             notes,
         }
     }

@@ -612,10 +612,9 @@ pub fn judge_prompt() -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
-/// Python's `str.strip()` with no argument: the characters `str.isspace()` accepts.
-pub fn python_strip(s: &str) -> &str {
-    s.trim_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
-}
+/// Python's `str.strip()` with no argument: the one copy, in plugin-api (tested there against
+/// Python's rule).
+pub use vlsbench_plugin_api::python_strip;
 
 /// `template.format(question=q, response=r)` for a template with one `{question}` before one
 /// `{response}` and no other brace (the published prompt).
