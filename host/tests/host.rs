@@ -1035,6 +1035,37 @@ fn answers_elsewhere(tmp: &Path) -> (Dataset, PathBuf) {
 }
 
 #[test]
+fn a_judge_written_in_python_scores_a_run_as_the_rust_judge_does() {
+    let Some(python_judge) = python_judge() else { return };
+    let tmp = tempdir();
+    let (ds, answers) = answers_elsewhere(tmp.path());
+    let out = tmp.path().join("out");
+    let labels = |name: &str, judge: Value| {
+        let mut m = answers_file_manifest(&ds.root, &answers, &out, name);
+        m["judge"] = judge;
+        let manifest = write_manifest(&tmp.path().join(format!("{name}.toml")), &m);
+        let dir = RunDir(out.join(name));
+        let outcome = run(&manifest, dir.path()).output();
+        outcome.success();
+        let outputs = dir.json("answers_file_outputs.json");
+        let labels: Vec<Value> = outputs["logs"].as_array().unwrap().iter().map(|l| l["safe_label"].clone()).collect();
+        (labels, outputs["stats"].clone(), dir.summary()["provenance"]["judge"]["judge"].clone())
+    };
+    let (rust, rust_stats, _) = labels("rust", json!({"component": "refusal-keywords"}));
+    let (python, python_stats, name) = labels("python", json!({"component": python_judge}));
+    assert_eq!(name, "python-keywords");
+    assert_eq!(python, rust);
+    assert_eq!(python, vec![json!(1), json!(2), json!(3), json!(1), json!(3)]);
+    assert_eq!(python_stats, rust_stats);
+
+    // Its check-config refuses an unknown key up front, naming it, as the Rust judges do.
+    let mut m = answers_file_manifest(&ds.root, &answers, &out, "typo");
+    m["judge"] = json!({"component": python_judge, "config": {"refusal_phrase": ["no"]}});
+    let manifest = write_manifest(&tmp.path().join("typo.toml"), &m);
+    host([OsString::from("validate"), manifest.into()]).output().failure().stderr_has("unknown field `refusal_phrase`");
+}
+
+#[test]
 fn answers_file_backend_scores_answers_produced_elsewhere() {
     let tmp = tempdir();
     let (ds, answers) = answers_elsewhere(tmp.path());

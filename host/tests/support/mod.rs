@@ -93,6 +93,44 @@ pub fn require_built() {
     );
 }
 
+/// The example judge written in Python (`examples/judges/python-keywords`), built once per test
+/// binary with componentize-py: `$VLSBENCH_COMPONENTIZE_PY`, else the venv `.ci/run` makes
+/// (`target/componentize-venv`), else `componentize-py` on the PATH. `None`, with the reason
+/// printed, only when componentize-py cannot be found; a failing build is a test failure.
+pub fn python_judge() -> Option<PathBuf> {
+    static BUILT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let venv = workspace().join("target/componentize-venv/bin/componentize-py");
+            let tool = std::env::var_os("VLSBENCH_COMPONENTIZE_PY")
+                .map(PathBuf::from)
+                .or_else(|| venv.is_file().then_some(venv))
+                .or_else(|| {
+                    let found = Command::new("componentize-py").arg("--version").output();
+                    found.is_ok_and(|o| o.status.success()).then(|| PathBuf::from("componentize-py"))
+                });
+            let Some(tool) = tool else {
+                eprintln!(
+                    "SKIPPED: componentize-py is not installed, so the Python judge is not built \
+                     (`.ci/run` installs it into target/componentize-venv; or `pip install componentize-py` \
+                     and set VLSBENCH_COMPONENTIZE_PY)"
+                );
+                return None;
+            };
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vlsbench_judge_python_keywords.wasm");
+            let status = Command::new(&tool)
+                .current_dir(workspace())
+                .args(["-d", "plugin-api/wit/judge@0.2.0", "-w", "judge", "componentize", "app"])
+                .args(["-p", "examples/judges/python-keywords", "-o"])
+                .arg(&out)
+                .status()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", tool.display()));
+            assert!(status.success(), "componentize-py failed to build the Python judge ({status})");
+            Some(out)
+        })
+        .clone()
+}
+
 /// One compiled-judge cache for the whole test binary, so each test does not recompile the judges.
 pub fn cache_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("host-tests-judge-cache")
