@@ -12,8 +12,8 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
 use super::cache::{CompileCache, default_cache_dir};
-use super::imports::{CallContext, ChatJob, serve_chat};
-use super::sandbox::{CallState, run_call};
+use super::imports::serve_chat;
+use super::sandbox::{CallContext, CallState, ChatJob, run_call};
 use super::wit::{self, JudgePre};
 use super::{ChatProvider, EPOCH_TICK, Grants, JudgeError, JudgeInfo, JudgeItem, JudgeLimits, JudgeLoadError, Verdict};
 
@@ -132,7 +132,8 @@ fn read_component(path: &Path) -> Result<Vec<u8>, JudgeLoadError> {
 /// Calls `info` under the default limits, with nothing granted.
 fn call_info(pre: &JudgePre) -> Result<JudgeInfo, JudgeError> {
     let limits = JudgeLimits::default();
-    let info = run_call(pre, "", CallContext::bare(), &limits, |judge, store| judge.call_info(store))?;
+    let info =
+        run_call(pre.engine(), "", CallContext::bare(), &limits, |store| pre.instantiate(store)?.call_info(store))?;
     let size = info.name.len() + info.version.len();
     if size > limits.max_output_bytes {
         return Err(JudgeError::OutputTooLarge { bytes: size, limit: limits.max_output_bytes });
@@ -202,8 +203,9 @@ impl JudgeComponent {
     /// on WIT 0.1.0 cannot tell, and every config passes here.
     pub fn check_config(&self, config_json: &str, limits: &JudgeLimits) -> Result<(), JudgeError> {
         let name = &self.inner.info.name;
-        let result = run_call(&self.inner.pre, name, CallContext::bare(), limits, |judge, store| {
-            judge.call_check_config(store, config_json)
+        let pre = &self.inner.pre;
+        let result = run_call(pre.engine(), name, CallContext::bare(), limits, |store| {
+            pre.instantiate(store)?.call_check_config(store, config_json)
         })?;
         result.map_err(|message| {
             let error = JudgeError::InvalidConfig(message);
@@ -241,8 +243,9 @@ impl JudgeComponent {
                 chat: chat_link,
                 log_allowed: grants.log && info.wants_log,
             };
-            let result = run_call(&self.inner.pre, &info.name, context, limits, |judge, store| {
-                judge.call_judge(store, config_json, item, answer)
+            let pre = &self.inner.pre;
+            let result = run_call(pre.engine(), &info.name, context, limits, |store| {
+                pre.instantiate(store)?.call_judge(store, config_json, item, answer)
             })?;
             match result {
                 Ok(verdict) => {

@@ -1,47 +1,26 @@
 //! What the host offers a judge: the `chat` and `log` imports, gated by grants.
 //!
 //! A capability works only if the judge asked for it in `info` *and* the manifest grants it; the
-//! engine decides that once per call and leaves here a [`CallContext`] (a chat channel or none, log
-//! allowed or not). A denied call traps with [`CapabilityDeniedTrap`], which the sandbox turns into
+//! engine decides that once per call and leaves in the store a
+//! [`CallContext`](super::sandbox::CallContext) (a chat channel or none, log
+//! allowed or not). A denied call traps with a `CapabilityDeniedTrap`, which the sandbox turns into
 //! [`JudgeError::CapabilityDenied`](super::JudgeError::CapabilityDenied).
 //!
 //! These functions take version-neutral requests ([`ChatCall`]); each WIT version's adapter
 //! (`wit/v*.rs`) converts its own generated types to and from them.
 
-use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Instant;
 
 use vlsbench_plugin_api::{ChatMessage, ContentPart, GenerateRequest, GenerationSettings, Role};
 
-use super::sandbox::CallState;
+use super::sandbox::{CallState, CapabilityDeniedTrap, ChatJob};
 use super::{ChatFailure, ChatProvider};
 
 /// The longest `log` line kept (longer ones are cut), and the most lines one call may write.
 const LOG_LINE_LIMIT: usize = 4096;
 const LOG_LINES_PER_CALL: usize = 1000;
-
-/// The per-call facts the host imports need.
-pub(crate) struct CallContext {
-    /// `None` while calling `info` or `check-config`.
-    pub(super) item_id: Option<u32>,
-    pub(super) image: Option<PathBuf>,
-    /// Where chat jobs go; `None` when chat is not allowed.
-    pub(super) chat: Option<mpsc::Sender<ChatJob>>,
-    pub(super) log_allowed: bool,
-}
-
-impl CallContext {
-    /// A call with nothing granted and no item (`info`, `check-config`).
-    pub(super) fn bare() -> Self {
-        Self { item_id: None, image: None, chat: None, log_allowed: false }
-    }
-}
-
-/// What the guest's `chat` import sends to the provider's thread: the request and where to reply.
-pub(crate) type ChatJob = (GenerateRequest, mpsc::Sender<Result<String, ChatFailure>>);
 
 /// Serves chat jobs until the store (holding the sender) is dropped. A panicking provider fails
 /// the chat call instead of the host.
@@ -52,18 +31,6 @@ pub(super) fn serve_chat(queue: mpsc::Receiver<ChatJob>, provider: &dyn ChatProv
         let _ = reply.send(result);
     }
 }
-
-/// The error a denied import call traps with; found again by downcasting after the trap.
-#[derive(Debug)]
-pub(crate) struct CapabilityDeniedTrap(pub(super) &'static str);
-
-impl fmt::Display for CapabilityDeniedTrap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "capability `{}` denied", self.0)
-    }
-}
-
-impl std::error::Error for CapabilityDeniedTrap {}
 
 /// A judge's chat request, whatever the WIT version it was written against.
 pub(super) struct ChatCall {

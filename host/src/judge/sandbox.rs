@@ -1,27 +1,60 @@
-//! One judge call's sandbox: a fresh store with WASI and nothing in it, a memory limiter, a clock
-//! that counts the judge's own compute time, the guest's captured output, and the mapping of a
-//! trap or a broken limit to a [`JudgeError`].
+//! One judge call's sandbox: a fresh store with WASI and nothing in it, what the call may reach
+//! ([`CallContext`]), a memory limiter, a clock that counts the judge's own compute time, the
+//! guest's captured output, and the mapping of a trap or a broken limit to a [`JudgeError`].
 
+use std::fmt;
 use std::io;
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use vlsbench_plugin_api::GenerateRequest;
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::imports::{CallContext, CapabilityDeniedTrap};
-use super::wit::{JudgeInstance, JudgePre};
-use super::{EPOCH_TICK, GUEST_OUTPUT_LIMIT, JudgeError, JudgeLimits};
+use super::{ChatFailure, EPOCH_TICK, GUEST_OUTPUT_LIMIT, JudgeError, JudgeLimits};
 
 /// The most elements a table may hold, the most core instances, memories and tables per store.
 const TABLE_ELEMENTS_LIMIT: usize = 1 << 20;
 const INSTANCES_LIMIT: usize = 256;
 const MEMORIES_LIMIT: usize = 16;
 const TABLES_LIMIT: usize = 256;
+
+/// The per-call facts the host imports need.
+pub(crate) struct CallContext {
+    /// `None` while calling `info` or `check-config`.
+    pub(super) item_id: Option<u32>,
+    pub(super) image: Option<PathBuf>,
+    /// Where chat jobs go; `None` when chat is not allowed.
+    pub(super) chat: Option<mpsc::Sender<ChatJob>>,
+    pub(super) log_allowed: bool,
+}
+
+impl CallContext {
+    /// A call with nothing granted and no item (`info`, `check-config`).
+    pub(super) fn bare() -> Self {
+        Self { item_id: None, image: None, chat: None, log_allowed: false }
+    }
+}
+
+/// What the guest's `chat` import sends to the provider's thread: the request and where to reply.
+pub(crate) type ChatJob = (GenerateRequest, mpsc::Sender<Result<String, ChatFailure>>);
+
+/// The error a denied import call traps with; found again by downcasting after the trap.
+#[derive(Debug)]
+pub(crate) struct CapabilityDeniedTrap(pub(super) &'static str);
+
+impl fmt::Display for CapabilityDeniedTrap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "capability `{}` denied", self.0)
+    }
+}
+
+impl std::error::Error for CapabilityDeniedTrap {}
 
 /// The data of one call's store.
 pub(crate) struct CallState {
@@ -42,14 +75,14 @@ impl WasiView for CallState {
     }
 }
 
-/// Instantiates the component in a fresh store set up with `context` and `limits`, runs `call`,
-/// and turns a trap or a broken limit into a [`JudgeError`].
+/// Runs `call` (which instantiates the component and calls it) in a fresh store set up with
+/// `context` and `limits`, and turns a trap or a broken limit into a [`JudgeError`].
 pub(super) fn run_call<R>(
-    pre: &JudgePre,
+    engine: &Engine,
     judge_name: &str,
     context: CallContext,
     limits: &JudgeLimits,
-    call: impl FnOnce(&JudgeInstance, &mut Store<CallState>) -> wasmtime::Result<R>,
+    call: impl FnOnce(&mut Store<CallState>) -> wasmtime::Result<R>,
 ) -> Result<R, JudgeError> {
     let output = CapturedOutput::new(GUEST_OUTPUT_LIMIT);
     let wasi = WasiCtx::builder()
@@ -69,13 +102,13 @@ pub(super) fn run_call<R>(
         denied: None,
         log_lines: 0,
     };
-    let mut store = Store::new(pre.engine(), state);
+    let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
     store.set_fuel(limits.fuel).map_err(|e| JudgeError::Trap(format!("cannot set fuel: {e:#}")))?;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|context| Ok(context.data().clock.on_deadline()));
 
-    let outcome = pre.instantiate(&mut store).and_then(|judge| call(&judge, &mut store));
+    let outcome = call(&mut store);
     let state = store.data();
     let guest_output = output.contents();
     if !guest_output.is_empty() {
