@@ -3,6 +3,8 @@
 //! benchmarks.
 //!
 //! - `cargo xtask build [--release]`
+//! - `cargo xtask build --cuda [--check]`  the candle backends with CUDA, in target/cuda (see `gpu`)
+//! - `cargo xtask gpu-check [--prepare]`  stage, then run, the CUDA parity + bench on a GPU machine
 //! - `cargo xtask test`            build, then `cargo test --workspace`
 //! - `cargo xtask demo`            build, then run `examples/demo/demo.toml` offline
 //! - `cargo xtask bench api [--delay-ms 100] [--concurrency 64] [--items N]`
@@ -15,6 +17,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+mod gpu;
 
 /// Native crates the host loads or tests against.
 const NATIVE: &[&str] = &[
@@ -36,7 +40,9 @@ fn main() -> anyhow::Result<()> {
     let root = workspace_root();
     std::env::set_current_dir(&root).with_context(|| format!("cannot enter {}", root.display()))?;
     match args.first().map(String::as_str) {
+        Some("build") if args.iter().any(|a| a == "--cuda") => gpu::build_cuda(&args[1..]),
         Some("build") => build(args.iter().any(|a| a == "--release")),
+        Some("gpu-check") => gpu::gpu_check(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("demo") => demo(),
         Some("bench") => match args.get(1).map(String::as_str) {
@@ -52,7 +58,7 @@ fn main() -> anyhow::Result<()> {
         Some("fixtures") => fixtures(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build [--release] | test | demo | fixtures [--check] | bench api|llava|qwen2vl|mllama>"
+                "usage: cargo xtask <build [--release] | build --cuda [--check] | gpu-check [--prepare] | test | demo | fixtures [--check] | bench api|llava|qwen2vl|mllama>"
             );
             std::process::exit(2);
         }
