@@ -3,7 +3,7 @@
 //!
 //! The components are built once per test binary by [`components`] (`cargo build --release
 //! --target wasm32-wasip2 -p ...`, a no-op when they are fresh; set `VLSBENCH_SKIP_JUDGE_BUILD=1`
-//! to use the ones already built) and found in `target/wasm32-wasip2/release/`. Every test takes
+//! to use the ones already built) and found in `<target>/wasm32-wasip2/release/`. Every test takes
 //! them from there, so this file can be included as a module of another test binary.
 
 use std::path::{Path, PathBuf};
@@ -27,9 +27,11 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The folder the components are built into.
+/// The folder the components are built into: `wasm32-wasip2/release` in this test binary's own
+/// target folder (which `CARGO_TARGET_DIR` may move).
 pub fn judge_wasm_dir() -> PathBuf {
-    workspace_root().join("target/wasm32-wasip2/release")
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().map(Path::to_path_buf);
+    target.unwrap_or_else(|| workspace_root().join("target")).join("wasm32-wasip2/release")
 }
 
 /// The judge components, loaded once per test binary (built first if needed).
