@@ -8,7 +8,11 @@ use vlsbench_backend_candle_llava::CandleLlava;
 use vlsbench_plugin_api::Backend;
 
 fn main() -> BenchResult<()> {
-    let args = BenchArgs::from_env()?;
+    run(BenchArgs::from_env()?)
+}
+
+/// The bench on `args` (also `parity_llava bench ARGS`: the GPU check carries one binary per family).
+pub fn run(args: BenchArgs) -> BenchResult<()> {
     let dtype = args.dtype()?;
     let backend = CandleLlava::load(&args.checkpoint, dtype, &args.device()?)?;
     let layout = CandleLlava::describe().message_layout(backend.arch());

@@ -2,7 +2,8 @@
 //! device and dtype, from a plain binary (`vlm_core::parity_run` says what is checked): per golden
 //! case, the request through our backend's `prepare` (template, tokenizer, image processor or
 //! anyres tiles), the image features, then 24 argmax steps with no EOS stop, as the parity tests
-//! run them. `cargo xtask gpu-check` runs it on CUDA.
+//! run them. `cargo xtask gpu-check` runs it on CUDA; `parity_llava bench ARGS` runs the bench
+//! binary's code (`examples/bench_llava.rs`), so that one binary per family travels.
 
 use std::process::ExitCode;
 
@@ -18,7 +19,21 @@ const CHECKPOINTS: [ParityCheckpoint; 5] = [
     ParityCheckpoint { name: "llava_original", arch: "llava" },
 ];
 
+// `parity_llava bench ARGS` is `bench_llava ARGS`: one binary per family to carry to a GPU machine.
+#[path = "bench_llava.rs"]
+#[allow(dead_code)]
+mod bench;
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("bench") {
+        return match vlm_core::bench::BenchArgs::parse(std::env::args().skip(2)).and_then(bench::run) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench_llava: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     main_with("llava", &CHECKPOINTS, |args, ck, dtype, report| {
         let b = CandleLlava::create(BackendConfig {
             arch: ck.arch.into(),

@@ -9,7 +9,11 @@ use vlsbench_backend_candle_mllama::processor::ProcessedImage;
 use vlsbench_plugin_api::Backend;
 
 fn main() -> BenchResult<()> {
-    let args = BenchArgs::from_env()?;
+    run(BenchArgs::from_env()?)
+}
+
+/// The bench on `args` (also `parity_mllama bench ARGS`: the GPU check carries one binary per family).
+pub fn run(args: BenchArgs) -> BenchResult<()> {
     let dtype = args.dtype()?;
     let backend = CandleMllama::load(&args.checkpoint, dtype, &args.device()?)?;
     let layout = CandleMllama::describe().message_layout(ARCH);

@@ -1,7 +1,8 @@
 //! The Llama 3.2 Vision goldens on any device and dtype, from a plain binary (`vlm_core::parity_run` says
 //! what is checked): per golden case, the image through our processor, then 24 pure-argmax steps
 //! (no EOS stop) from the golden input ids, as the parity tests run them.
-//! `cargo xtask gpu-check` runs it on CUDA.
+//! `cargo xtask gpu-check` runs it on CUDA; `parity_mllama bench ARGS` runs the bench binary's code
+//! (`examples/bench_mllama.rs`), so that one binary per family travels.
 
 use std::process::ExitCode;
 
@@ -11,12 +12,24 @@ use vlsbench_backend_candle_mllama::processor::ProcessedImage;
 use vlsbench_plugin_api::{Backend, BackendConfig};
 
 const ARCH: &str = "mllama";
-const CHECKPOINTS: [ParityCheckpoint; 2] = [
-    ParityCheckpoint { name: "mllama", arch: ARCH },
-    ParityCheckpoint { name: "mllama_old_layout", arch: ARCH },
-];
+const CHECKPOINTS: [ParityCheckpoint; 2] =
+    [ParityCheckpoint { name: "mllama", arch: ARCH }, ParityCheckpoint { name: "mllama_old_layout", arch: ARCH }];
+
+// `parity_mllama bench ARGS` is `bench_mllama ARGS`: one binary per family to carry to a GPU machine.
+#[path = "bench_mllama.rs"]
+#[allow(dead_code)]
+mod bench;
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("bench") {
+        return match vlm_core::bench::BenchArgs::parse(std::env::args().skip(2)).and_then(bench::run) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench_mllama: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     main_with("mllama", &CHECKPOINTS, |args, ck, dtype, report| {
         let b = CandleMllama::create(BackendConfig {
             arch: ck.arch.into(),

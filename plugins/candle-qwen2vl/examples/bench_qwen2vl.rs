@@ -10,7 +10,11 @@ use vlsbench_backend_candle_qwen2vl::processor::ProcessedImage;
 use vlsbench_plugin_api::Backend;
 
 fn main() -> BenchResult<()> {
-    let args = BenchArgs::from_env()?;
+    run(BenchArgs::from_env()?)
+}
+
+/// The bench on `args` (also `parity_qwen2vl bench ARGS`: the GPU check carries one binary per family).
+pub fn run(args: BenchArgs) -> BenchResult<()> {
     let dtype = args.dtype()?;
     let backend = CandleQwen2Vl::load(&args.checkpoint, dtype, &args.device()?)?;
     let layout = CandleQwen2Vl::describe().message_layout(ARCH);

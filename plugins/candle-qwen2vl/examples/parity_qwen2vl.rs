@@ -1,7 +1,8 @@
 //! The Qwen2-VL goldens on any device and dtype, from a plain binary (`vlm_core::parity_run` says
 //! what is checked): per golden case, the image through our processor, then 24 pure-argmax steps
 //! (no EOS stop) from the golden input ids, as the parity tests run them.
-//! `cargo xtask gpu-check` runs it on CUDA.
+//! `cargo xtask gpu-check` runs it on CUDA; `parity_qwen2vl bench ARGS` runs the bench binary's code
+//! (`examples/bench_qwen2vl.rs`), so that one binary per family travels.
 
 use std::process::ExitCode;
 
@@ -14,7 +15,21 @@ const ARCH: &str = "qwen2vl";
 const CHECKPOINTS: [ParityCheckpoint; 2] =
     [ParityCheckpoint { name: "qwen2vl", arch: ARCH }, ParityCheckpoint { name: "qwen2vl_old_layout", arch: ARCH }];
 
+// `parity_qwen2vl bench ARGS` is `bench_qwen2vl ARGS`: one binary per family to carry to a GPU machine.
+#[path = "bench_qwen2vl.rs"]
+#[allow(dead_code)]
+mod bench;
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("bench") {
+        return match vlm_core::bench::BenchArgs::parse(std::env::args().skip(2)).and_then(bench::run) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench_qwen2vl: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     main_with("qwen2vl", &CHECKPOINTS, |args, ck, dtype, report| {
         let b = CandleQwen2Vl::create(BackendConfig {
             arch: ck.arch.into(),
