@@ -17,6 +17,22 @@ use candle_nn::Linear;
 /// `Linear` on the input flattened to 2-D: on a 3-D input candle runs one product per batch row,
 /// reading the weights once per row; flattened, it reads them once.
 pub fn dense(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    let t = std::time::Instant::now();
+    let y = dense_any(l, x);
+    DENSE_NANOS.fetch_add(t.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+    y
+}
+
+/// Wall time spent in [`dense`] by this process so far, in seconds (calls from every thread
+/// summed): stage profiles read it before and after a stage (`examples/profile_qwen2vl.rs`).
+pub fn dense_seconds() -> f64 {
+    DENSE_NANOS.load(std::sync::atomic::Ordering::Relaxed) as f64 * 1e-9
+}
+
+static DENSE_NANOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// [`dense`] without the timing.
+fn dense_any(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
     if let Some(y) = dense_cpu(l, x)? {
         return Ok(y);
     }
