@@ -4,9 +4,13 @@
 //! no Rust toolchain can run them (`cargo xtask gpu-check`).
 //!
 //! The rule per dtype: an `f32` run keeps the first-step logits within [`F32_TOLERANCE`] (the CPU
-//! parity tests' tolerance) and every greedy token; an `f16` / `bf16` run keeps every greedy
-//! token, its largest |Δlogit| (finite) is reported beside the smallest top-1/top-2 margin the golden run
-//! had (a token can only flip where the margin is below the dtype's noise).
+//! parity tests' tolerance) and every greedy token. An `f16` / `bf16` run keeps its logits finite
+//! and every greedy token up to where the two runs may honestly part: a sequence may leave the
+//! golden one only at a step whose golden top-1/top-2 margin (`greedy_margins`) is within twice the
+//! case's measured first-step |Δlogit| (each of the two logits may be off by that much), a near
+//! tie that the dtype's rounding decides. The fixtures' random weights make such ties common
+//! (margins down to 4e-4 against a bf16 |Δlogit| of 1e-2), so each one is shown with its step and
+//! margin, and any other difference fails.
 //!
 //! Usage of a parity binary: `parity_<family> [--fixtures DIR] [--device cpu|cuda[:N]]
 //! [--dtype f32|f16|bf16 ...]` (default: the repository's fixtures, `cpu`, `f32` then `bf16`).
@@ -117,6 +121,8 @@ pub struct ParityReport {
     worst: f32,
     min_margin: f64,
     all_equal: bool,
+    /// Cases whose tokens leave the golden ones at a near tie (half dtypes only).
+    near_ties: usize,
     cases: usize,
 }
 
@@ -124,7 +130,7 @@ impl ParityReport {
     /// An empty report for `checkpoint` run in `dtype` on `device`.
     pub fn new(fixtures: &Path, checkpoint: &str, device: &str, dtype: &str) -> Self {
         let tolerance = (dtype == "f32").then_some(F32_TOLERANCE);
-        let rule = tolerance.map_or("greedy tokens equal, logits reported".to_owned(), |t| {
+        let rule = tolerance.map_or("greedy tokens equal but at near ties, logits reported".to_owned(), |t| {
             format!("logits within {t:e}, greedy tokens equal")
         });
         Self {
@@ -132,10 +138,11 @@ impl ParityReport {
             checkpoint: checkpoint.to_owned(),
             title: format!("{checkpoint} on {device}, {dtype} ({rule})"),
             tolerance,
-            table: "image          prompt     max|dlogit|   golden min margin   tokens equal\n".to_owned(),
+            table: "image          prompt     max|dlogit|   golden min margin   tokens\n".to_owned(),
             worst: 0.0,
             min_margin: f64::INFINITY,
             all_equal: true,
+            near_ties: 0,
             cases: 0,
         }
     }
@@ -157,14 +164,28 @@ impl ParityReport {
         // NaN compares false everywhere: count it as the worst.
         let d = if d.is_nan() || logits.iter().any(|x| !x.is_finite()) { f32::INFINITY } else { d };
         let margin = case["greedy_min_margin"].as_f64().unwrap_or(f64::NAN);
-        let equal = tokens == ids(&case["greedy_tokens"]).as_slice();
+        let want = ids(&case["greedy_tokens"]);
+        let verdict = match tokens.iter().zip(&want).position(|(a, b)| a != b) {
+            None if tokens.len() == want.len() => "equal".to_owned(),
+            first => {
+                let step = first.unwrap_or(tokens.len().min(want.len()));
+                let at = case["greedy_margins"][step].as_f64().unwrap_or(f64::NAN);
+                // Each of the two logits may be off by d: a margin up to 2d can flip.
+                if self.tolerance.is_none() && at <= 2.0 * f64::from(d) {
+                    self.near_ties += 1;
+                    format!("near tie at step {step} (margin {at:.1e})")
+                } else {
+                    self.all_equal = false;
+                    format!("DIFFER at step {step} (margin {at:.1e})")
+                }
+            }
+        };
         self.worst = self.worst.max(d);
         self.min_margin = self.min_margin.min(margin);
-        self.all_equal &= equal;
         self.cases += 1;
         let image = case["image"].as_str().unwrap_or_default().trim_start_matches("images/");
         let prompt = case["prompt_id"].as_str().unwrap_or_default();
-        self.table += &format!("{image:<14} {prompt:<10} {d:<13.3e} {margin:<19.3e} {equal}\n");
+        self.table += &format!("{image:<14} {prompt:<10} {d:<13.3e} {margin:<19.3e} {verdict}\n");
         Ok(())
     }
 
@@ -182,7 +203,11 @@ impl ParityReport {
             self.cases,
             self.worst,
             self.min_margin,
-            if self.all_equal { "all equal" } else { "DIFFER" },
+            match (self.all_equal, self.near_ties) {
+                (false, _) => "DIFFER".to_owned(),
+                (true, 0) => "all equal".to_owned(),
+                (true, n) => format!("equal but {n} near ties"),
+            },
             if ok { "PASS" } else { "FAIL" },
             self.table
         );
@@ -266,7 +291,20 @@ mod tests {
         assert!(bf16_off.passed());
         let mut bf16_flip = ParityReport::new(&fx, "qwen2vl", "cpu", "bf16");
         bf16_flip.record_case(case, &want, &tokens[1..]).unwrap();
-        assert!(!bf16_flip.passed());
+        assert!(!bf16_flip.passed(), "exact logits explain no flip");
+        // A flip at the step of the golden's smallest margin, with logits off by more than half of it.
+        let margins: Vec<f64> =
+            case["greedy_margins"].as_array().unwrap().iter().map(|m| m.as_f64().unwrap()).collect();
+        let (step, &m) = margins.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).unwrap();
+        let mut flipped = tokens.clone();
+        flipped[step] = flipped[step].wrapping_add(1);
+        let noisy: Vec<f32> = want.iter().map(|x| x + (m as f32) * 0.6).collect();
+        let mut tie = ParityReport::new(&fx, "qwen2vl", "cpu", "bf16");
+        tie.record_case(case, &noisy, &flipped).unwrap();
+        assert!(tie.passed(), "a flip at a margin within 2 |dlogit| is a near tie");
+        let mut f32_tie = ParityReport::new(&fx, "qwen2vl", "cpu", "f32");
+        f32_tie.record_case(case, &want, &flipped).unwrap();
+        assert!(!f32_tie.passed(), "f32 allows no flip");
         let mut nan = ParityReport::new(&fx, "qwen2vl", "cpu", "bf16");
         let nans = vec![f32::NAN; want.len()];
         nan.record_case(case, &nans, &tokens).unwrap();
