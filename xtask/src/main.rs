@@ -10,6 +10,9 @@
 //! - `cargo xtask bench api [--delay-ms 100] [--concurrency 64] [--items N]`
 //! - `cargo xtask bench llava|qwen2vl|mllama [--dtype f32|f16] [--max-batch 8] [--new-tokens 128]` (needs
 //!   Python): our backend against transformers on one random checkpoint, with the processor named
+//! - `cargo xtask bench llava --shape 7b [--dtype f16] [--new-tokens 16] [--with-transformers]`: a
+//!   llava-1.5-7b-shaped f16 checkpoint through our bench binary and one `vlsbench-host run` item
+//!   (peak RSS against the weights), see `bench7b`
 //! - `cargo xtask fixtures [--check]`  regenerate (or check) the parity fixtures (needs Python)
 
 use std::path::{Path, PathBuf};
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+mod bench7b;
 mod gpu;
 
 /// Native crates the host loads or tests against.
@@ -47,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         Some("demo") => demo(),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("api") => bench_api(&args[2..]),
+            Some("llava") if flag_str(&args[2..], "--shape", "")? == "7b" => bench7b::bench_llava_7b(&args[2..]),
             Some("llava") => bench_family(&LLAVA_BENCH, &args[2..]),
             Some("qwen2vl") => bench_family(&QWEN2VL_BENCH, &args[2..]),
             Some("mllama") => bench_family(&MLLAMA_BENCH, &args[2..]),
