@@ -192,8 +192,10 @@ impl JudgeError {
 pub enum JudgeLoadError {
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
-    #[error("judge component {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    #[error("judge component {}: {error}", path.display())]
+    Read { path: PathBuf, error: io::Error },
+    #[error(transparent)]
+    Bounded(#[from] crate::fsread::ReadError),
     #[error("judge component {} is not a file", path.display())]
     NotAFile { path: PathBuf },
     #[error("judge component {} is not a WebAssembly file", path.display())]
@@ -314,11 +316,7 @@ impl JudgeEngine {
     /// the cache; a corrupt or stale cache entry is recompiled), links it, and calls its `info`.
     pub fn load(&self, wasm_path: &Path) -> Result<JudgeComponent, JudgeLoadError> {
         let path = wasm_path.to_path_buf();
-        let metadata = fs::metadata(&path).map_err(|source| JudgeLoadError::Read { path: path.clone(), source })?;
-        if !metadata.is_file() {
-            return Err(JudgeLoadError::NotAFile { path });
-        }
-        let bytes = fs::read(&path).map_err(|source| JudgeLoadError::Read { path: path.clone(), source })?;
+        let bytes = crate::fsread::read(&path, crate::fsread::FileKind::JudgeComponent)?;
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
             Some([0, b'a', b's', b'm', _, _, 0, 0]) => return Err(JudgeLoadError::NotAComponent { path }),

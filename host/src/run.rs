@@ -193,6 +193,7 @@ fn backend_config(model: &ModelSection, base_dir: &Path) -> BackendConfig {
 /// Checks, before any model is loaded, that the local paths a backend will read exist: the
 /// checkpoint folder when the backend says it is one, and the options it names as paths.
 pub fn check_local_paths(lib: &BackendLibrary, model: &ModelSection, base_dir: &Path) -> anyhow::Result<()> {
+    backend::check_options(lib, model)?;
     let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { base_dir.join(p) };
     if lib.info.checkpoint_is_path {
         let Some(ck) = model.checkpoint.as_deref() else {
@@ -255,9 +256,7 @@ pub fn find_judge(component: &str, base_dir: &Path, dirs: &[PathBuf]) -> anyhow:
     if component.ends_with(".wasm") || component.contains('/') || component.contains('\\') {
         let p = Path::new(component);
         let p = if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) };
-        if !p.is_file() {
-            bail!("judge component {} does not exist", p.display());
-        }
+        crate::fsread::check_regular(&p, crate::fsread::FileKind::JudgeComponent)?;
         return Ok(p);
     }
     let file = format!("vlsbench_judge_{}.wasm", component.replace('-', "_"));
@@ -544,6 +543,7 @@ impl Pipeline<'_> {
                 provenance: p.model_provenance.clone(),
                 attempts,
                 elapsed_ms: batch_ms + item_start.elapsed().as_millis() as u64,
+                input_sha256: p.dataset.input_sha256(item),
             };
             self.store.append_answer(&record)?;
             let answer = record.outcome.answer().map(str::to_string);
@@ -606,6 +606,7 @@ impl Pipeline<'_> {
             provenance: p.judge_provenance.clone(),
             attempts: 1,
             elapsed_ms: start.elapsed().as_millis() as u64,
+            input_sha256: p.dataset.input_sha256(item),
         };
         self.store.append_verdict(&record)?;
         self.verdicts.lock().unwrap_or_else(|e| e.into_inner()).insert(id, record);
@@ -655,15 +656,19 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
     let _lock = lock_run_dir(&run_dir)?;
     write_run_files(&run_dir, m)?;
-    let (store, stored) = Store::open(&run_dir)?;
+    let (store, mut stored) = Store::open(&run_dir)?;
+    stored.forget_stale(&prepared.dataset.input_hashes()).log();
     if stored.dropped_torn_lines > 0 {
         tracing::warn!("dropped {} torn line(s) left by an interrupted run", stored.dropped_torn_lines);
     }
     let items = &prepared.dataset.items;
     let base_dir = &m.base_dir;
-    let model = LazyBackend::new(prepared.model_library.clone(), backend_config(&m.manifest.model, base_dir));
+    let model = LazyBackend::new(
+        prepared.model_library.clone().with_call_timeout(&m.manifest.model),
+        backend_config(&m.manifest.model, base_dir),
+    );
     let judge_model = match (&m.manifest.judge.model, &prepared.judge_model_library) {
-        (Some(jm), Some(lib)) => Some(LazyBackend::new(lib.clone(), backend_config(jm, base_dir))),
+        (Some(jm), Some(lib)) => Some(LazyBackend::new(lib.clone().with_call_timeout(jm), backend_config(jm, base_dir))),
         _ => None,
     };
     let pipeline = Pipeline {
@@ -719,7 +724,7 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
                         }
                         if let Err(e) = pipeline.process_batch(&batch) {
                             let ids: Vec<String> = batch.iter().map(|i| i.instruction_id.to_string()).collect();
-                            pipeline.fail(e.context(format!("item(s) {}", ids.join(", "))));
+                            pipeline.fail(e.context(format!("item(s) {}", crate::fsread::list_ids(&ids, 10))));
                             break;
                         }
                     }
