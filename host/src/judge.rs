@@ -196,8 +196,8 @@ pub enum JudgeLoadError {
     Read { path: PathBuf, error: io::Error },
     #[error(transparent)]
     Bounded(#[from] crate::fsread::ReadError),
-    #[error("judge component {} is not a file", path.display())]
-    NotAFile { path: PathBuf },
+    #[error("judge component {} is {what}, not a regular file", path.display())]
+    NotAFile { path: PathBuf, what: &'static str },
     #[error("judge component {} is not a WebAssembly file", path.display())]
     NotWasm { path: PathBuf },
     #[error(
@@ -316,7 +316,10 @@ impl JudgeEngine {
     /// the cache; a corrupt or stale cache entry is recompiled), links it, and calls its `info`.
     pub fn load(&self, wasm_path: &Path) -> Result<JudgeComponent, JudgeLoadError> {
         let path = wasm_path.to_path_buf();
-        let bytes = crate::fsread::read(&path, crate::fsread::FileKind::JudgeComponent)?;
+        let bytes = crate::fsread::read(&path, crate::fsread::FileKind::JudgeComponent).map_err(|e| match e {
+            crate::fsread::ReadError::NotRegular { path, what, .. } => JudgeLoadError::NotAFile { path, what },
+            other => other.into(),
+        })?;
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
             Some([0, b'a', b's', b'm', _, _, 0, 0]) => return Err(JudgeLoadError::NotAComponent { path }),
