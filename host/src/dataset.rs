@@ -174,8 +174,7 @@ pub fn verify_images(ds: &Dataset) -> Result<(), DatasetError> {
     let mut problems = Vec::new();
     for ((rel, _), result) in images.iter().zip(results) {
         if let Err(reason) = result {
-            let ids: Vec<u32> =
-                ds.items.iter().filter(|i| &&i.image_path == rel).map(|i| i.instruction_id).collect();
+            let ids: Vec<u32> = ds.items.iter().filter(|i| &&i.image_path == rel).map(|i| i.instruction_id).collect();
             let who = if ids.len() == 1 { "item" } else { "items" };
             problems.push(format!("{who} {}: image {rel:?}: {reason}", crate::fsread::list_ids(&ids, 10)));
         }
@@ -263,8 +262,7 @@ pub fn load(root: &Path, data_file: &str, filters: &Filters) -> Result<Dataset, 
     if !root.is_dir() {
         return Err(DatasetError::NoRoot(root.to_path_buf()));
     }
-    let canonical_root =
-        root.canonicalize().map_err(|error| DatasetError::Read { path: root.to_path_buf(), error })?;
+    let canonical_root = root.canonicalize().map_err(|error| DatasetError::Read { path: root.to_path_buf(), error })?;
     let data_path = root.join(data_file);
     // Bounded, regular files only, a byte-order mark dropped.
     let text = crate::fsread::read_to_string(&data_path, crate::fsread::FileKind::DataFile)?;
@@ -307,10 +305,9 @@ pub fn load(root: &Path, data_file: &str, filters: &Filters) -> Result<Dataset, 
         }
         let result = match bad_images.get(&item.image_path) {
             Some(reason) => Err(reason.clone()),
-            None => checked
-                .get(item.image_path.as_str())
-                .cloned()
-                .unwrap_or_else(|| Err("was not checked".to_string())),
+            None => {
+                checked.get(item.image_path.as_str()).cloned().unwrap_or_else(|| Err("was not checked".to_string()))
+            }
         };
         match result {
             Ok(info) => {
@@ -494,7 +491,9 @@ mod tests {
         let f = Filters { categories: ["A".to_string(), "b".to_string()].into(), ..Default::default() };
         let ds = load(dir.path(), "data.json", &f).expect("valid");
         assert!(
-            ds.warnings.iter().any(|w| w.contains("categories: \"b\" names nothing") && w.contains("did you mean \"B\"")),
+            ds.warnings
+                .iter()
+                .any(|w| w.contains("categories: \"b\" names nothing") && w.contains("did you mean \"B\"")),
             "{:?}",
             ds.warnings
         );

@@ -137,7 +137,8 @@ pub fn read(path: &Path, kind: FileKind) -> Result<Vec<u8>, ReadError> {
 
 fn read_limited(path: &Path, kind: FileKind, limit: u64) -> Result<Vec<u8>, ReadError> {
     let noun = kind.noun();
-    let too_large = || ReadError::TooLarge { noun, path: path.to_path_buf(), limit_mib: limit >> 20, env: kind.limit_env() };
+    let too_large =
+        || ReadError::TooLarge { noun, path: path.to_path_buf(), limit_mib: limit >> 20, env: kind.limit_env() };
     let meta = check_regular(path, kind)?;
     if meta.len() > limit {
         return Err(too_large());
@@ -155,9 +156,11 @@ fn read_limited(path: &Path, kind: FileKind, limit: u64) -> Result<Vec<u8>, Read
     }
     let mut data = Vec::with_capacity(usize::try_from(meta.len().min(limit)).unwrap_or(0));
     // One byte past the limit tells a file that grew while being read from one that fits.
-    file.take(limit.saturating_add(1))
-        .read_to_end(&mut data)
-        .map_err(|error| ReadError::Io { noun, path: path.to_path_buf(), error })?;
+    file.take(limit.saturating_add(1)).read_to_end(&mut data).map_err(|error| ReadError::Io {
+        noun,
+        path: path.to_path_buf(),
+        error,
+    })?;
     if data.len() as u64 > limit {
         return Err(too_large());
     }

@@ -560,7 +560,8 @@ component = "refusal-keywords"
 
     #[test]
     fn an_inline_api_key_is_refused() {
-        let text = MINIMAL.replace("checkpoint = \"gpt-4o\"", "checkpoint = \"gpt-4o\"\noptions = { api_key = \"sk-x\" }");
+        let text =
+            MINIMAL.replace("checkpoint = \"gpt-4o\"", "checkpoint = \"gpt-4o\"\noptions = { api_key = \"sk-x\" }");
         let err = load(&text).expect_err("inline key").to_string();
         assert!(err.contains("[model.options] api_key: a secret never goes in a manifest"), "{err}");
     }

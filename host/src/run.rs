@@ -668,7 +668,9 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
         backend_config(&m.manifest.model, base_dir),
     );
     let judge_model = match (&m.manifest.judge.model, &prepared.judge_model_library) {
-        (Some(jm), Some(lib)) => Some(LazyBackend::new(lib.clone().with_call_timeout(jm), backend_config(jm, base_dir))),
+        (Some(jm), Some(lib)) => {
+            Some(LazyBackend::new(lib.clone().with_call_timeout(jm), backend_config(jm, base_dir)))
+        }
         _ => None,
     };
     let pipeline = Pipeline {

@@ -17,7 +17,8 @@ use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::types::{
-    BackendConfig, BackendError, BackendInfo, Description, ErrorKind, GenerateRequest, Generation, ItemResult, OptionSpec,
+    BackendConfig, BackendError, BackendInfo, Description, ErrorKind, GenerateRequest, Generation, ItemResult,
+    OptionSpec,
 };
 
 /// Major version: a host refuses a plugin of another major.
@@ -433,7 +434,10 @@ pub mod host {
             ));
         }
         serde_json::from_value(v).unwrap_or_else(|e| {
-            ItemResult::Err(BackendError::new(ErrorKind::InvalidResponse, format!("plugin returned an unreadable result: {e}")))
+            ItemResult::Err(BackendError::new(
+                ErrorKind::InvalidResponse,
+                format!("plugin returned an unreadable result: {e}"),
+            ))
         })
     }
 

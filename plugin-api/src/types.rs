@@ -505,9 +505,7 @@ mod tests {
         let info: BackendInfo = serde_json::from_str(json).expect("info");
         let declared = Description {
             info,
-            options: Some(vec![
-                OptionSpec::new("api_key_env", OptionKind::SecretEnv, "key").with_default("K".into()),
-            ]),
+            options: Some(vec![OptionSpec::new("api_key_env", OptionKind::SecretEnv, "key").with_default("K".into())]),
         };
         let text = serde_json::to_string(&declared).expect("serialise");
         assert!(text.contains(r#""kind":"secret_env""#), "{text}");

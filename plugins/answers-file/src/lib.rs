@@ -73,7 +73,10 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, BackendError> {
         return Err(bad("not a regular file (a FIFO, a device or a folder)".into()));
     }
     let too_large = || {
-        bad(format!("larger than the {} MiB limit (set {LIMIT_ENV} to a larger number of MiB to raise it)", limit >> 20))
+        bad(format!(
+            "larger than the {} MiB limit (set {LIMIT_ENV} to a larger number of MiB to raise it)",
+            limit >> 20
+        ))
     };
     if meta.len() > limit {
         return Err(too_large());
@@ -118,10 +121,7 @@ pub fn parse_answers(text: &str, path: &Path) -> Result<HashMap<String, String>,
                 BackendError::bad_config(format!("{}: logs[{i}] has an id that is not a number", path.display()))
             })?;
             if answers.insert(id.clone(), log.pred_answer).is_some() {
-                return Err(BackendError::bad_config(format!(
-                    "{}: logs[{i}]: id {id} answered twice",
-                    path.display()
-                )));
+                return Err(BackendError::bad_config(format!("{}: logs[{i}]: id {id} answered twice", path.display())));
             }
         }
         return Ok(answers);
