@@ -85,27 +85,50 @@ impl Common {
     }
 }
 
-/// Exit status when a run was interrupted (as a shell reports SIGINT).
-pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit status when the command failed (a bad manifest, a dataset problem, a plugin that does not
+/// load, a run that stopped on an error).
+pub const EXIT_ERROR: u8 = 1;
+/// Exit status of a command-line mistake (an unknown subcommand or flag, a missing argument), as
+/// BSD's `EX_USAGE`; clap's own default, 2, belongs to [`EXIT_UNSCORED`].
+pub const EXIT_USAGE: u8 = 64;
 /// Exit status when `--fail-on-unscored` (or `[run] fail_on_unscored`) finds an unscored item.
 pub const EXIT_UNSCORED: u8 = 2;
+/// Exit status when a run was interrupted (as a shell reports SIGINT).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Parses the arguments and runs the command.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print and succeed; anything else is a usage mistake.
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("error: {}", crate::secrets::redact(&format!("{e:#}")));
+            ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Logs what in a manifest probably spoils a run without stopping it.
+fn warn_manifest(loaded: &LoadedManifest) -> Vec<String> {
+    let warnings = loaded.warnings();
+    for w in &warnings {
+        tracing::warn!("{}: {w}", loaded.path.display());
+    }
+    warnings
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { manifest, common } => {
             let loaded = LoadedManifest::load(&manifest)?;
+            warn_manifest(&loaded);
             run_loaded(loaded, common.options())
         }
         Command::Validate { manifest, common } => validate(&manifest, &common),
@@ -154,12 +177,20 @@ fn run_loaded(loaded: LoadedManifest, opts: RunOptions) -> anyhow::Result<ExitCo
 
 fn validate(path: &Path, common: &Common) -> anyhow::Result<ExitCode> {
     let loaded = LoadedManifest::load(path)?;
+    let manifest_warnings = loaded.warnings();
     let p = run::prepare(loaded, &common.options())?;
     let m = &p.manifest;
     let ds = &p.dataset;
+    // Loading read each image's header; a run decodes them all, so validate does too.
+    let started = std::time::Instant::now();
+    crate::dataset::verify_images(ds).with_context(|| format!("{}: [dataset]", m.path.display()))?;
+    let decode_secs = started.elapsed().as_secs_f64();
     println!("manifest   {}: ok", m.path.display());
+    for w in &manifest_warnings {
+        println!("  warning: {w}");
+    }
     println!(
-        "dataset    {}: {} of {} items selected, {} distinct images, all readable",
+        "dataset    {}: {} of {} items selected, {} distinct images, all decoded ({decode_secs:.1} s)",
         ds.root.display(),
         ds.items.len(),
         ds.all_items,
@@ -210,21 +241,30 @@ struct JudgeFile {
 /// Re-judges a run's stored answers: a new run folder whose manifest is the old one with `[judge]`
 /// replaced, seeded with the old answers; the model is never called.
 fn rejudge(run_dir: &Path, judge_file: &Path, name: Option<String>, common: &Common) -> anyhow::Result<ExitCode> {
+    use crate::fsread::{FileKind, read_to_string};
     let manifest_copy = run_dir.join("manifest.toml");
-    let old_text = std::fs::read_to_string(&manifest_copy)
-        .with_context(|| format!("{} is not a run folder (no manifest.toml)", run_dir.display()))?;
-    let run_info: serde_json::Value = std::fs::read_to_string(run_dir.join("run.json"))
+    let old_text = read_to_string(&manifest_copy, FileKind::Manifest)
+        .with_context(|| format!("{} is not a run folder (no readable manifest.toml)", run_dir.display()))?;
+    let run_info: serde_json::Value = read_to_string(&run_dir.join("run.json"), FileKind::RunInfo)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
+    // Nothing to judge: say so before creating anything.
+    let stored = crate::store::read_answers(run_dir)?;
+    if !stored.values().any(|a| a.outcome.answer().is_some()) {
+        bail!(
+            "{} holds no answer to judge ({} is empty or has only errors); run the manifest first",
+            run_dir.display(),
+            run_dir.join(crate::store::ANSWERS_FILE).display()
+        );
+    }
     let base_dir = run_info
         .get("manifest_base_dir")
         .and_then(|v| v.as_str())
         .map(PathBuf::from)
         .unwrap_or_else(|| run_dir.to_path_buf());
 
-    let judge_text =
-        std::fs::read_to_string(judge_file).with_context(|| format!("cannot read {}", judge_file.display()))?;
+    let judge_text = read_to_string(judge_file, FileKind::Manifest)?;
     let parsed: JudgeFile = parse_toml(judge_file, &judge_text)?;
     let mut judge = parsed.judge;
     let judge_dir = judge_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -255,6 +295,7 @@ fn rejudge(run_dir: &Path, judge_file: &Path, name: Option<String>, common: &Com
     }
     let mut loaded = LoadedManifest::from_text(&new_dir.join("manifest.toml"), new_text)?;
     loaded.base_dir = base_dir;
+    warn_manifest(&loaded);
 
     std::fs::create_dir_all(&new_dir).with_context(|| format!("cannot create {}", new_dir.display()))?;
     let answers = new_dir.join(crate::store::ANSWERS_FILE);
@@ -278,6 +319,9 @@ fn plugins(name: Option<&str>, common: &Common) -> anyhow::Result<ExitCode> {
             v["path"] = serde_json::json!(lib.path);
             v["abi"] = serde_json::json!(format!("{}.{}", lib.abi.0, lib.abi.1));
             v["kind"] = serde_json::json!("backend");
+            if let Some(options) = &lib.options {
+                v["options"] = serde_json::to_value(options)?;
+            }
             println!("{}", serde_json::to_string_pretty(&v)?);
             return Ok(ExitCode::SUCCESS);
         }

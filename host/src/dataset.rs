@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use crate::manifest::DatasetSection;
 
@@ -33,8 +34,10 @@ pub struct Item {
 pub enum DatasetError {
     #[error("dataset root {0} does not exist or is not a folder")]
     NoRoot(PathBuf),
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error(transparent)]
+    File(#[from] crate::fsread::ReadError),
     #[error("{path}:{line}:{column}: not valid JSON: {message}")]
     Json { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{path}: the top level must be a JSON array of items")]
@@ -102,6 +105,9 @@ pub struct ImageInfo {
     pub width: u32,
     pub height: u32,
     pub bytes: u64,
+    /// SHA-256 (hex) of the file's bytes: part of what the model was given (see
+    /// [`crate::store::input_sha256`]).
+    pub sha256: String,
 }
 
 /// A loaded, filtered and validated dataset.
@@ -124,31 +130,109 @@ impl Dataset {
     pub fn image_file(&self, item: &Item) -> Option<&Path> {
         self.images.get(&item.image_path).map(|i| i.path.as_path())
     }
+
+    /// The hash of what the model is given for `item` (its question and its image's bytes), which
+    /// stored answers and verdicts record; `None` for an item whose image was not validated.
+    pub fn input_sha256(&self, item: &Item) -> Option<String> {
+        let image = self.images.get(&item.image_path)?;
+        Some(crate::store::input_sha256(&item.instruction, &image.sha256))
+    }
+
+    /// The current input hash of every selected item, by id.
+    pub fn input_hashes(&self) -> BTreeMap<u32, String> {
+        self.items.iter().filter_map(|i| Some((i.instruction_id, self.input_sha256(i)?))).collect()
+    }
 }
 
-/// Reads `root/data_file`, keeps the items the filters select, validates them and their images.
-pub fn load(root: &Path, data_file: &str, filters: &Filters) -> Result<Dataset, DatasetError> {
-    if !root.is_dir() {
-        return Err(DatasetError::NoRoot(root.to_path_buf()));
+/// Runs `f` over `inputs` on all cores; results in the inputs' order.
+fn par_map<T: Sync, R: Send>(inputs: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(inputs.len()).max(1);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut slots: Vec<Option<R>> = Vec::with_capacity(inputs.len());
+    slots.resize_with(inputs.len(), || None);
+    let done = std::sync::Mutex::new(slots);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(input) = inputs.get(i) else { break };
+                    let r = f(input);
+                    done.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+                }
+            });
+        }
+    });
+    done.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().flatten().collect()
+}
+
+/// Decodes every distinct image of the dataset fully, in parallel (loading checked only the
+/// header): a truncated or corrupt file is reported with the ids of the items that use it.
+pub fn verify_images(ds: &Dataset) -> Result<(), DatasetError> {
+    let images: Vec<(&String, &ImageInfo)> = ds.images.iter().collect();
+    let results = par_map(&images, |(_, info)| decode_fully(&info.path));
+    let mut problems = Vec::new();
+    for ((rel, _), result) in images.iter().zip(results) {
+        if let Err(reason) = result {
+            let ids: Vec<u32> = ds.items.iter().filter(|i| &&i.image_path == rel).map(|i| i.instruction_id).collect();
+            let who = if ids.len() == 1 { "item" } else { "items" };
+            problems.push(format!("{who} {}: image {rel:?}: {reason}", crate::fsread::list_ids(&ids, 10)));
+        }
     }
-    let canonical_root =
-        root.canonicalize().map_err(|source| DatasetError::Read { path: root.to_path_buf(), source })?;
-    let data_path = root.join(data_file);
-    let text =
-        std::fs::read_to_string(&data_path).map_err(|source| DatasetError::Read { path: data_path.clone(), source })?;
-    let raw: serde_json::Value = serde_json::from_str(&text).map_err(|e| DatasetError::Json {
-        path: data_path.clone(),
+    if problems.is_empty() { Ok(()) } else { Err(invalid(ds.data_file.clone(), problems)) }
+}
+
+fn decode_fully(path: &Path) -> Result<(), String> {
+    let bytes = crate::fsread::read(path, crate::fsread::FileKind::Image).map_err(|e| e.to_string())?;
+    image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("unreadable ({e})"))?
+        .decode()
+        .map(drop)
+        .map_err(|e| format!("does not decode ({e})"))
+}
+
+/// Filter values that name nothing in the file, each with the closest known name.
+fn unknown_filter_names(items: &[Item], filters: &Filters) -> Vec<String> {
+    let mut out = Vec::new();
+    let lists: [(&str, &BTreeSet<String>, fn(&Item) -> &str); 3] = [
+        ("categories", &filters.categories, |i| &i.category),
+        ("sub_categories", &filters.sub_categories, |i| &i.sub_category),
+        ("sources", &filters.sources, |i| &i.source),
+    ];
+    for (what, wanted, field) in lists {
+        let known: BTreeSet<&str> = items.iter().map(field).collect();
+        for name in wanted.iter().filter(|n| !known.contains(n.as_str())) {
+            let closest = known
+                .iter()
+                .map(|k| (strsim::jaro_winkler(&name.to_lowercase(), &k.to_lowercase()), *k))
+                .filter(|(score, _)| *score > 0.8)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, k)| format!("; did you mean {k:?}?"))
+                .unwrap_or_default();
+            out.push(format!("[dataset] {what}: {name:?} names nothing in the annotation file{closest}"));
+        }
+    }
+    out
+}
+
+/// Parses the text of an annotation file (`data_path` names it in messages): a JSON array of
+/// items, each with every field, ids unique. Returns the number of entries and the items. Never
+/// panics, whatever the text; every rejection is a [`DatasetError`].
+pub fn parse_items(text: &str, data_path: &Path) -> Result<(usize, Vec<Item>), DatasetError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let raw: serde_json::Value = serde_json::from_str(text).map_err(|e| DatasetError::Json {
+        path: data_path.to_path_buf(),
         line: e.line(),
         column: e.column(),
         message: e.to_string(),
     })?;
     let serde_json::Value::Array(raw_items) = raw else {
-        return Err(DatasetError::NotAnArray { path: data_path });
+        return Err(DatasetError::NotAnArray { path: data_path.to_path_buf() });
     };
     let all_items = raw_items.len();
 
     let mut problems = Vec::new();
-    let mut warnings = Vec::new();
     let mut items = Vec::with_capacity(raw_items.len());
     let mut seen: HashMap<u32, usize> = HashMap::new();
     for (index, value) in raw_items.into_iter().enumerate() {
@@ -167,22 +251,49 @@ pub fn load(root: &Path, data_file: &str, filters: &Filters) -> Result<Dataset, 
         }
     }
     if !problems.is_empty() {
-        return Err(invalid(data_path, problems));
+        return Err(invalid(data_path.to_path_buf(), problems));
     }
 
+    Ok((all_items, items))
+}
+
+/// Reads `root/data_file`, keeps the items the filters select, validates them and their images.
+pub fn load(root: &Path, data_file: &str, filters: &Filters) -> Result<Dataset, DatasetError> {
+    if !root.is_dir() {
+        return Err(DatasetError::NoRoot(root.to_path_buf()));
+    }
+    let canonical_root = root.canonicalize().map_err(|error| DatasetError::Read { path: root.to_path_buf(), error })?;
+    let data_path = root.join(data_file);
+    // Bounded, regular files only, a byte-order mark dropped.
+    let text = crate::fsread::read_to_string(&data_path, crate::fsread::FileKind::DataFile)?;
+    let (all_items, items) = parse_items(&text, &data_path)?;
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+
+    let unknown_names = unknown_filter_names(&items, filters);
     let mut selected: Vec<Item> = items.into_iter().filter(|i| filters.selects(i)).collect();
     if let Some(limit) = filters.limit {
         selected.truncate(limit);
     }
     if selected.is_empty() {
-        return Err(DatasetError::Empty { path: data_path, filters: filters.describe() });
+        let mut described = filters.describe();
+        for u in &unknown_names {
+            described.push_str(&format!("; {u}"));
+        }
+        return Err(DatasetError::Empty { path: data_path, filters: described });
     }
+    warnings.extend(unknown_names);
     let missing_ids: Vec<u32> =
         filters.ids.iter().copied().filter(|id| !selected.iter().any(|i| i.instruction_id == *id)).collect();
     if !missing_ids.is_empty() && filters.limit.is_none() {
         warnings.push(format!("ids not selected (absent or filtered out): {missing_ids:?}"));
     }
 
+    // Each distinct image is read and hashed once, on all cores.
+    let distinct: Vec<&str> =
+        selected.iter().map(|i| i.image_path.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+    let checked: BTreeMap<&str, Result<ImageInfo, String>> =
+        distinct.iter().copied().zip(par_map(&distinct, |rel| check_image(&canonical_root, rel))).collect();
     let mut images: BTreeMap<String, ImageInfo> = BTreeMap::new();
     let mut bad_images: BTreeMap<String, String> = BTreeMap::new();
     for item in &selected {
@@ -194,7 +305,9 @@ pub fn load(root: &Path, data_file: &str, filters: &Filters) -> Result<Dataset, 
         }
         let result = match bad_images.get(&item.image_path) {
             Some(reason) => Err(reason.clone()),
-            None => check_image(&canonical_root, &item.image_path),
+            None => {
+                checked.get(item.image_path.as_str()).cloned().unwrap_or_else(|| Err("was not checked".to_string()))
+            }
         };
         match result {
             Ok(info) => {
@@ -240,12 +353,15 @@ fn check_image(root: &Path, rel: &str) -> Result<ImageInfo, String> {
     if !canonical.starts_with(root) {
         return Err(format!("leads out of the dataset root (to {})", canonical.display()));
     }
-    let meta = std::fs::metadata(&canonical).map_err(|e| format!("unreadable ({e})"))?;
-    if !meta.is_file() {
-        return Err("not a file".into());
-    }
-    let reader = image::ImageReader::open(&canonical)
-        .map_err(|e| format!("unreadable ({e})"))?
+    let data = match crate::fsread::read(&canonical, crate::fsread::FileKind::Image) {
+        Ok(data) => data,
+        Err(crate::fsread::ReadError::NotRegular { what, .. }) => return Err(format!("{what}, not a file")),
+        Err(e @ crate::fsread::ReadError::TooLarge { .. }) => return Err(e.to_string()),
+        Err(e) => return Err(format!("unreadable ({e})")),
+    };
+    let sha256 = hex::encode(sha2::Sha256::digest(&data));
+    let bytes = data.len() as u64;
+    let reader = image::ImageReader::new(std::io::Cursor::new(data))
         .with_guessed_format()
         .map_err(|e| format!("unreadable ({e})"))?;
     if reader.format().is_none() {
@@ -255,7 +371,7 @@ fn check_image(root: &Path, rel: &str) -> Result<ImageInfo, String> {
     if width == 0 || height == 0 {
         return Err(format!("image has no pixels ({width}x{height})"));
     }
-    Ok(ImageInfo { path: canonical, width, height, bytes: meta.len() })
+    Ok(ImageInfo { path: canonical, width, height, bytes, sha256 })
 }
 
 #[cfg(test)]
@@ -351,6 +467,118 @@ mod tests {
         std::fs::write(dir.path().join("data.json"), "[\n{\"instruction_id\": }]").expect("write");
         let err = load(dir.path(), "data.json", &Filters::default()).expect_err("bad").to_string();
         assert!(err.contains("data.json:2:"), "{err}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_array_is_ignored() {
+        let dir = root_with(&[item(0, "imgs/0.png")]);
+        let text = std::fs::read_to_string(dir.path().join("data.json")).expect("read");
+        std::fs::write(dir.path().join("data.json"), format!("\u{feff}{text}")).expect("write");
+        let ds = load(dir.path(), "data.json", &Filters::default()).expect("valid despite the BOM");
+        assert_eq!(ds.items.len(), 1);
+    }
+
+    #[test]
+    fn dev_zero_as_the_data_file_is_refused_without_reading_it() {
+        let dir = root_with(&[item(0, "imgs/0.png")]);
+        let err = load(dir.path(), "/dev/zero", &Filters::default()).expect_err("device").to_string();
+        assert!(err.contains("/dev/zero is a character device, not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_category_name_is_a_warning_with_the_closest_name() {
+        let dir = root_with(&[item(0, "imgs/0.png"), item(1, "imgs/1.png")]);
+        let f = Filters { categories: ["A".to_string(), "b".to_string()].into(), ..Default::default() };
+        let ds = load(dir.path(), "data.json", &f).expect("valid");
+        assert!(
+            ds.warnings
+                .iter()
+                .any(|w| w.contains("categories: \"b\" names nothing") && w.contains("did you mean \"B\"")),
+            "{:?}",
+            ds.warnings
+        );
+    }
+
+    #[test]
+    fn a_truncated_png_passes_the_header_check_and_fails_the_full_decode_naming_its_items() {
+        let dir = root_with(&[item(0, "imgs/0.png"), item(1, "imgs/1.png"), item(2, "imgs/1.png")]);
+        let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8, y as u8, (x * y) as u8]));
+        let path = dir.path().join("imgs/1.png");
+        img.save(&path).expect("png");
+        let bytes = std::fs::read(&path).expect("read");
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+        let ds = load(dir.path(), "data.json", &Filters::default()).expect("the header is intact");
+        let err = verify_images(&ds).expect_err("truncated").to_string();
+        assert!(err.contains("items 1, 2: image \"imgs/1.png\": does not decode"), "{err}");
+        assert!(!err.contains("imgs/0.png"), "{err}");
+    }
+
+    #[test]
+    fn images_are_hashed_so_a_replaced_image_changes_the_input_hash() {
+        let dir = root_with(&[item(0, "imgs/0.png")]);
+        let before = load(dir.path(), "data.json", &Filters::default()).expect("valid");
+        let img = image::RgbImage::from_pixel(4, 3, image::Rgb([99, 20, 30]));
+        img.save(dir.path().join("imgs/0.png")).expect("png");
+        let after = load(dir.path(), "data.json", &Filters::default()).expect("valid");
+        let (b, a) = (&before.items[0], &after.items[0]);
+        assert_ne!(before.input_sha256(b), after.input_sha256(a));
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn item_json() -> impl Strategy<Value = serde_json::Value> {
+            (0u32..50, "\\PC{0,30}", "[a-z/.]{0,12}", "[A-Z][a-z]{0,6}", prop::bool::ANY).prop_map(
+                |(id, q, img, cat, drop_field)| {
+                    let mut v = serde_json::json!({
+                        "instruction_id": id, "instruction": q, "image_path": img,
+                        "category": cat, "sub_category": "s", "source": "g"
+                    });
+                    if drop_field && let Some(o) = v.as_object_mut() {
+                        o.remove("source");
+                    }
+                    v
+                },
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_text_parses_or_is_a_typed_error(text in "\\PC*") {
+                let _ = parse_items(&text, Path::new("data.json"));
+            }
+
+            #[test]
+            fn arrays_of_items_parse_or_name_the_bad_entry(items in prop::collection::vec(item_json(), 0..12)) {
+                let text = serde_json::to_string(&items).unwrap_or_default();
+                match parse_items(&text, Path::new("data.json")) {
+                    Ok((n, parsed)) => {
+                        prop_assert_eq!(n, items.len());
+                        prop_assert_eq!(parsed.len(), items.len());
+                    }
+                    Err(DatasetError::Invalid { problems, .. }) => {
+                        prop_assert!(problems.iter().all(|p| p.starts_with("item ") || p.starts_with("entry #") || p.starts_with("...")));
+                    }
+                    Err(other) => prop_assert!(false, "unexpected error {other}"),
+                }
+            }
+
+            #[test]
+            fn truncated_or_spliced_files_never_panic(
+                items in prop::collection::vec(item_json(), 1..6),
+                cut in 0usize..600,
+                junk in "\\PC{0,6}",
+            ) {
+                let mut text = serde_json::to_string(&items).unwrap_or_default();
+                let at = text.char_indices().map(|(i, _)| i).nth(cut).unwrap_or(text.len());
+                text.insert_str(at, &junk);
+                let _ = parse_items(&text, Path::new("data.json"));
+                let _ = parse_items(&text[..at], Path::new("data.json"));
+            }
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@ use vlsbench_plugin_api::GenerationSettings;
 /// Why a manifest could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read manifest {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Read(#[from] crate::fsread::ReadError),
     #[error("{path}:{line}:{column}: {message}")]
     Parse { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{path}: {message}")]
@@ -83,6 +83,10 @@ pub struct ModelSection {
     /// The backend's own options, passed to it as JSON.
     #[serde(default)]
     pub options: toml::Table,
+    /// Longest wait for one `generate` call, in seconds (default 3600): a backend that takes
+    /// longer fails the call's items with `timeout` and the run goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_timeout_secs: Option<f64>,
 }
 
 impl ModelSection {
@@ -236,8 +240,7 @@ pub struct LoadedManifest {
 impl LoadedManifest {
     /// Reads, parses and checks a manifest file.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })?;
+        let text = crate::fsread::read_to_string(path, crate::fsread::FileKind::Manifest)?;
         Self::from_text(path, text)
     }
 
@@ -266,11 +269,16 @@ impl LoadedManifest {
         if m.run.max_tries == 0 {
             return Err(self.invalid("[run] max_tries must be at least 1 (it counts the first try)"));
         }
-        if let Some(name) = &m.run.name
-            && (name.is_empty() || name.contains(['/', '\\']) || name == "." || name == "..")
-        {
-            return Err(self.invalid(format!("[run] name {name:?} must be a plain folder name")));
+        if let Err(why) = check_folder_name(&self.run_name()) {
+            let what = if m.run.name.is_some() { "[run] name" } else { "the run name (the manifest's file stem)" };
+            return Err(self.invalid(format!("{what} {:?} cannot be a folder name: {why}", self.run_name())));
         }
+        self.check_output_dir()?;
+        check_no_inline_secrets(&m.model.options, "[model.options]").map_err(|e| self.invalid(e))?;
+        if let Some(jm) = &m.judge.model {
+            check_no_inline_secrets(&jm.options, "[judge.model.options]").map_err(|e| self.invalid(e))?;
+        }
+        check_durations(m).map_err(|e| self.invalid(e))?;
         check_settings(&m.model.settings()).map_err(|e| self.invalid(format!("[model.generation] {e}")))?;
         if let Some(jm) = &m.judge.model {
             check_settings(&jm.generation).map_err(|e| self.invalid(format!("[judge.model.generation] {e}")))?;
@@ -279,6 +287,68 @@ impl LoadedManifest {
             return Err(self.invalid("[judge] grants \"chat\" but there is no [judge.model] for it to reach"));
         }
         Ok(())
+    }
+
+    /// `output_dir` and the run folder must be folders (or not exist yet): a file in their place
+    /// would only fail when the run starts writing.
+    fn check_output_dir(&self) -> Result<(), ManifestError> {
+        let out = self.resolve(&self.manifest.run.output_dir);
+        let run_dir = out.join(self.run_name());
+        for (what, p) in [("[run] output_dir", &out), ("the run folder", &run_dir)] {
+            if p.exists() && !p.is_dir() {
+                return Err(self.invalid(format!("{what} {} is a file, not a folder", p.display())));
+            }
+        }
+        // A missing output_dir is created; one of its parents being a file is not.
+        if let Some(blocker) = out.ancestors().skip(1).find(|a| a.exists() && !a.is_dir()) {
+            return Err(self.invalid(format!(
+                "[run] output_dir {} cannot be created: {} is a file",
+                out.display(),
+                blocker.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Problems that do not stop a run but probably spoil it: judge limits of 0 (every item fails),
+    /// backoff settings that can keep a run waiting for hours.
+    pub fn warnings(&self) -> Vec<String> {
+        let m = &self.manifest;
+        let mut w = Vec::new();
+        let l = &m.judge.limits;
+        for (name, zero) in [
+            ("fuel", l.fuel == Some(0)),
+            ("timeout_secs", l.timeout_secs == Some(0.0)),
+            ("memory_mib", l.memory_mib == Some(0)),
+            ("max_output_kib", l.max_output_kib == Some(0)),
+        ] {
+            if zero {
+                w.push(format!("[judge.limits] {name} = 0: every judge call will fail on this limit"));
+            }
+        }
+        let r = &m.run;
+        if r.backoff_initial_ms > 600_000 {
+            w.push(format!(
+                "[run] backoff_initial_ms = {} waits {} before the first retry",
+                r.backoff_initial_ms,
+                human_secs(r.backoff_initial_ms as f64 / 1000.0)
+            ));
+        }
+        if r.backoff_max_secs > 3600.0 {
+            w.push(format!(
+                "[run] backoff_max_secs = {} lets one pause last {}",
+                r.backoff_max_secs,
+                human_secs(r.backoff_max_secs)
+            ));
+        }
+        if r.retry_budget_secs > 4.0 * 3600.0 && r.max_tries > 1 {
+            w.push(format!(
+                "[run] retry_budget_secs = {} lets one failing call retry for {}",
+                r.retry_budget_secs,
+                human_secs(r.retry_budget_secs)
+            ));
+        }
+        w
     }
 
     /// Resolves a manifest path against the manifest's folder.
@@ -302,6 +372,88 @@ impl LoadedManifest {
     pub fn run_dir(&self) -> PathBuf {
         self.resolve(&self.manifest.run.output_dir).join(self.run_name())
     }
+}
+
+/// Longest value accepted for a duration in seconds (about 31 years): larger values cannot be a
+/// wait anyone means, and overflow the clock arithmetic.
+pub const MAX_SECS: f64 = 1.0e9;
+
+/// `secs` as hours, minutes or seconds.
+fn human_secs(secs: f64) -> String {
+    if secs >= 3600.0 {
+        format!("{:.1} hours", secs / 3600.0)
+    } else if secs >= 60.0 {
+        format!("{:.0} minutes", secs / 60.0)
+    } else {
+        format!("{secs:.0} s")
+    }
+}
+
+fn check_secs(what: &str, v: f64) -> Result<(), String> {
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("{what} = {v} must be a number of seconds, 0 or more"));
+    }
+    if v > MAX_SECS {
+        return Err(format!("{what} = {v} is too large: at most {MAX_SECS:e} seconds (about 31 years)"));
+    }
+    Ok(())
+}
+
+/// Every duration of the manifest is finite, non-negative and not absurdly large.
+fn check_durations(m: &Manifest) -> Result<(), String> {
+    if let Some(t) = m.judge.limits.timeout_secs {
+        check_secs("[judge.limits] timeout_secs", t)?;
+    }
+    check_secs("[run] backoff_max_secs", m.run.backoff_max_secs)?;
+    check_secs("[run] retry_budget_secs", m.run.retry_budget_secs)?;
+    check_secs("[run] backoff_initial_ms / 1000", m.run.backoff_initial_ms as f64 / 1000.0)?;
+    for (what, section) in [("[model]", Some(&m.model)), ("[judge.model]", m.judge.model.as_ref())] {
+        if let Some(t) = section.and_then(|s| s.call_timeout_secs) {
+            check_secs(&format!("{what} call_timeout_secs"), t)?;
+            if t == 0.0 {
+                return Err(format!("{what} call_timeout_secs must be more than 0"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why `name` cannot be one folder's name, if it cannot.
+pub fn check_folder_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("it is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err("it names the current or the parent folder".into());
+    }
+    if let Some(c) = name.chars().find(|c| matches!(c, '/' | '\\' | '\0')) {
+        return Err(format!("it contains {c:?}"));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(format!("it contains the control character {c:?}"));
+    }
+    if name.len() > 255 {
+        return Err(format!("it is {} bytes long; a folder name holds at most 255", name.len()));
+    }
+    Ok(())
+}
+
+/// Option names that hold a secret when their value is a string: a manifest names the variable
+/// that holds the secret, never the secret itself.
+const SECRET_KEYS: [&str; 6] = ["api_key", "apikey", "token", "password", "secret", "authorization"];
+
+fn check_no_inline_secrets(options: &toml::Table, section: &str) -> Result<(), String> {
+    for (key, value) in options {
+        let k = key.to_ascii_lowercase().replace('-', "_");
+        let secret = SECRET_KEYS.iter().any(|s| k == *s || k.ends_with(&format!("_{s}")));
+        if secret && value.is_str() {
+            return Err(format!(
+                "{section} {key}: a secret never goes in a manifest (it is copied into the run folder); \
+                 put it in an environment variable and name the variable (e.g. api_key_env = \"OPENAI_API_KEY\")"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_settings(s: &GenerationSettings) -> Result<(), String> {
@@ -404,6 +556,105 @@ component = "refusal-keywords"
     fn zero_concurrency_is_refused() {
         let err = load(&format!("{MINIMAL}\n[run]\nconcurrency = 0\n")).expect_err("zero").to_string();
         assert!(err.contains("concurrency"), "{err}");
+    }
+
+    #[test]
+    fn an_inline_api_key_is_refused() {
+        let text =
+            MINIMAL.replace("checkpoint = \"gpt-4o\"", "checkpoint = \"gpt-4o\"\noptions = { api_key = \"sk-x\" }");
+        let err = load(&text).expect_err("inline key").to_string();
+        assert!(err.contains("[model.options] api_key: a secret never goes in a manifest"), "{err}");
+    }
+
+    #[test]
+    fn a_run_name_that_cannot_be_a_folder_is_refused() {
+        for bad in ["a/b", "..", "x\\ny", &"n".repeat(256)] {
+            let text = format!("{MINIMAL}\n[run]\nname = {}\n", toml::Value::String(bad.to_string()));
+            let err = load(&text).expect_err("bad name").to_string();
+            assert!(err.contains("cannot be a folder name"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn an_output_dir_that_is_a_file_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("outputs"), "x").expect("write");
+        let path = dir.path().join("m.toml");
+        let err = LoadedManifest::from_text(&path, MINIMAL.to_string()).expect_err("file").to_string();
+        assert!(err.contains("output_dir") && err.contains("is a file"), "{err}");
+        let text = format!("{MINIMAL}\n[run]\noutput_dir = \"outputs/deeper\"\n");
+        let err = LoadedManifest::from_text(&path, text).expect_err("parent is a file").to_string();
+        assert!(err.contains("cannot be created") && err.contains("is a file"), "{err}");
+    }
+
+    #[test]
+    fn a_huge_timeout_is_refused_with_its_bound_not_a_panic() {
+        let err = load(&format!("{MINIMAL}\n[judge.limits]\ntimeout_secs = 1e30\n")).expect_err("huge").to_string();
+        assert!(err.contains("timeout_secs = 1000000000000000000000000000000 is too large"), "{err}");
+        let err = load(&format!("{MINIMAL}\n[run]\nbackoff_max_secs = inf\n")).expect_err("inf").to_string();
+        assert!(err.contains("backoff_max_secs"), "{err}");
+    }
+
+    #[test]
+    fn limits_of_zero_and_hour_long_backoffs_are_warnings() {
+        let text = format!(
+            "{MINIMAL}\n[judge.limits]\nfuel = 0\ntimeout_secs = 0\n[run]\nbackoff_max_secs = 86400\nretry_budget_secs = 200000\n"
+        );
+        let w = load(&text).expect("valid").warnings();
+        assert!(w.iter().any(|w| w.contains("fuel = 0")), "{w:?}");
+        assert!(w.iter().any(|w| w.contains("timeout_secs = 0")), "{w:?}");
+        assert!(w.iter().any(|w| w.contains("backoff_max_secs") && w.contains("24.0 hours")), "{w:?}");
+        assert!(w.iter().any(|w| w.contains("retry_budget_secs")), "{w:?}");
+        assert!(load(MINIMAL).expect("valid").warnings().is_empty());
+    }
+
+    #[test]
+    fn reading_dev_zero_as_a_manifest_is_refused_at_once() {
+        let err = LoadedManifest::load(Path::new("/dev/zero")).expect_err("device").to_string();
+        assert_eq!(err, "manifest /dev/zero is a character device, not a regular file");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_text_loads_or_is_a_typed_error(text in "\\PC*") {
+                match load(&text) {
+                    Ok(_) | Err(ManifestError::Parse { .. } | ManifestError::Invalid { .. }) => {}
+                    Err(other) => prop_assert!(false, "unexpected error {other}"),
+                }
+            }
+
+            #[test]
+            fn spliced_manifests_never_panic(cut in 0usize..400, junk in "[\\[\\]=\"'.a-z0-9 \\n{}-]{0,12}") {
+                let at = MINIMAL.char_indices().map(|(i, _)| i).nth(cut).unwrap_or(MINIMAL.len());
+                let mut text = MINIMAL.to_string();
+                text.insert_str(at, &junk);
+                if let Err(e) = load(&text) {
+                    let message = e.to_string();
+                    prop_assert!(message.starts_with("dir/m.toml"), "{}", message);
+                }
+            }
+
+            #[test]
+            fn any_numbers_in_run_and_limits_load_or_are_refused_never_panic(
+                concurrency in any::<i64>(), tries in any::<i64>(), backoff in any::<f64>(), timeout in any::<f64>(),
+            ) {
+                let text = format!(
+                    "{MINIMAL}\n[judge.limits]\ntimeout_secs = {}\n[run]\nconcurrency = {concurrency}\nmax_tries = {tries}\nbackoff_max_secs = {}\n",
+                    toml::Value::Float(timeout), toml::Value::Float(backoff)
+                );
+                if let Ok(m) = load(&text) {
+                    let _ = m.warnings();
+                    let _ = crate::run::judge_limits(&m.manifest.judge);
+                    let _ = crate::run::RetryPolicy::from_manifest(&m);
+                }
+            }
+        }
     }
 
     #[test]

@@ -15,9 +15,14 @@
 //! appended; an unparsable line anywhere else is an error naming the file and the line. When an id
 //! occurs on several lines, the latest line wins.
 //!
-//! Every record carries its provenance (what produced it), and a stored result is reused only when
-//! that provenance equals the current one: see [`reusable_answer`] and [`reusable_verdict`]. Errors
-//! are never reused, so they are retried on resume.
+//! Every record carries its provenance (what produced it) and the hash of its input (the question
+//! and the image's bytes, [`input_sha256`]), and a stored result is reused only when both equal the
+//! current ones: [`Stored::forget_stale`] drops records whose input changed (or that predate input
+//! hashes), then see [`reusable_answer`] and [`reusable_verdict`]. Errors are never reused, so they
+//! are retried on resume.
+//!
+//! The files are read with a size limit (`VLSBENCH_MAX_STORE_MIB`, default 4 GiB); a byte-order
+//! mark at the start (an editor's) is ignored.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -98,6 +103,10 @@ pub struct AnswerRecord {
     pub attempts: u32,
     /// Wall time spent on the item, all attempts together.
     pub elapsed_ms: u64,
+    /// [`input_sha256`] of the question and image the model was given; absent in records written
+    /// before it existed, which are treated as changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_sha256: Option<String>,
 }
 
 /// What produced a verdict.
@@ -171,33 +180,35 @@ pub struct VerdictRecord {
     pub attempts: u32,
     /// Wall time spent on the item, all attempts together.
     pub elapsed_ms: u64,
+    /// [`input_sha256`] of the question and image the judge was given (absent in older records,
+    /// which are treated as changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_sha256: Option<String>,
 }
 
 /// An error of the store, naming the file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot {op} {}: {source}", path.display())]
+    // The underlying error is part of each message and not a `source`, so that `{:#}` does not
+    // print it twice.
+    #[error("cannot {op} {}: {error}", path.display())]
     Io {
         /// What was being done (`create`, `open`, `read`, `truncate`, `append to`).
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{}:{line}: not a valid record: {source}", path.display())]
+    #[error("{}:{line}: not a valid record: {error}", path.display())]
     Parse {
         path: PathBuf,
         /// 1-based line number.
         line: usize,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
-    #[error("cannot serialise a record for {}: {source}", path.display())]
-    Serialize {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("cannot serialise a record for {}: {error}", path.display())]
+    Serialize { path: PathBuf, error: serde_json::Error },
+    #[error(transparent)]
+    File(#[from] crate::fsread::ReadError),
 }
 
 /// What [`Store::open`] found in the run directory.
@@ -227,16 +238,18 @@ struct Appender {
 
 impl Appender {
     fn append<T: Serialize>(&self, record: &T) -> Result<(), StoreError> {
-        let mut line =
-            serde_json::to_vec(record).map_err(|source| StoreError::Serialize { path: self.path.clone(), source })?;
+        let json =
+            serde_json::to_string(record).map_err(|error| StoreError::Serialize { path: self.path.clone(), error })?;
+        // Answers are redacted where they come from; this catches anything else.
+        let mut line = crate::secrets::redact(&json).into_owned().into_bytes();
         line.push(b'\n');
         let mut file = self.lock();
         // The file is opened with O_APPEND: one write puts the whole line at the end. A regular
         // file takes it in one go; `write_all` only matters if the OS ever writes less.
-        file.write_all(&line).and_then(|()| file.flush()).map_err(|source| StoreError::Io {
+        file.write_all(&line).and_then(|()| file.flush()).map_err(|error| StoreError::Io {
             op: "append to",
             path: self.path.clone(),
-            source,
+            error,
         })
     }
 
@@ -254,10 +267,10 @@ impl Store {
     /// unparsable line before the last one is a [`StoreError::Parse`] naming the file and line.
     /// Blank lines are skipped. Later lines for the same id replace earlier ones.
     pub fn open(run_dir: &Path) -> Result<(Store, Stored), StoreError> {
-        std::fs::create_dir_all(run_dir).map_err(|source| StoreError::Io {
+        std::fs::create_dir_all(run_dir).map_err(|error| StoreError::Io {
             op: "create",
             path: run_dir.to_path_buf(),
-            source,
+            error,
         })?;
         let (answers_file, answers, dropped_a) = load::<AnswerRecord>(&run_dir.join(ANSWERS_FILE), |r| r.id)?;
         let (verdicts_file, verdicts, dropped_v) = load::<VerdictRecord>(&run_dir.join(VERDICTS_FILE), |r| r.id)?;
@@ -287,14 +300,65 @@ fn load<T: DeserializeOwned>(
     path: &Path,
     id_of: fn(&T) -> u32,
 ) -> Result<(Appender, BTreeMap<u32, T>, usize), StoreError> {
-    let io = |op: &'static str| move |source: std::io::Error| StoreError::Io { op, path: path.to_path_buf(), source };
+    let io = |op: &'static str| move |error: std::io::Error| StoreError::Io { op, path: path.to_path_buf(), error };
+    if path.exists() {
+        // A FIFO or a device in the run folder is refused before it is opened.
+        crate::fsread::check_regular(path, crate::fsread::FileKind::Store)?;
+    }
     let mut file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(io("open"))?;
+    let limit = crate::fsread::FileKind::Store.limit();
     let mut data = Vec::new();
-    file.read_to_end(&mut data).map_err(io("read"))?;
+    (&mut file).take(limit.saturating_add(1)).read_to_end(&mut data).map_err(io("read"))?;
+    if data.len() as u64 > limit {
+        return Err(crate::fsread::ReadError::TooLarge {
+            noun: crate::fsread::FileKind::Store.noun(),
+            path: path.to_path_buf(),
+            limit_mib: limit >> 20,
+            env: crate::fsread::FileKind::Store.limit_env(),
+        }
+        .into());
+    }
+    let Parsed { records, dropped, keep_len, missing_newline } = parse_jsonl(&data, path, id_of)?;
+
+    if keep_len < data.len() {
+        file.set_len(keep_len as u64).map_err(io("truncate"))?;
+    }
+    if missing_newline {
+        // A complete record whose newline never made it: finish the line before appending.
+        file.write_all(b"\n").map_err(io("append to"))?;
+    }
+    let appender = Appender { path: path.to_path_buf(), file: Mutex::new(file) };
+    Ok((appender, records, dropped))
+}
+
+/// What [`parse_jsonl`] read from a JSON Lines file's bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed<T> {
+    /// The latest record of each id.
+    pub records: BTreeMap<u32, T>,
+    /// Torn or unparsable last lines dropped (0 or 1).
+    pub dropped: usize,
+    /// Bytes to keep: the end of the last good line.
+    pub keep_len: usize,
+    /// The last good record lacks its newline.
+    pub missing_newline: bool,
+}
+
+/// Parses the bytes of an `answers.jsonl` or `verdicts.jsonl` (named `path` in messages): a
+/// leading byte-order mark and blank lines are skipped, a torn or unparsable last line is dropped
+/// (with a warning), an unparsable line before it is a [`StoreError::Parse`]. Never panics, whatever
+/// the bytes.
+pub fn parse_jsonl<T: DeserializeOwned>(
+    data: &[u8],
+    path: &Path,
+    id_of: fn(&T) -> u32,
+) -> Result<Parsed<T>, StoreError> {
+    // An editor's byte-order mark before the first record is not part of it.
+    let bom = if data.starts_with(crate::fsread::BOM) { crate::fsread::BOM.len() } else { 0 };
 
     // Split into lines; the last one may lack its newline (a torn write).
     let mut lines = Vec::new(); // (start, end without '\n', has '\n')
-    let mut start = 0;
+    let mut start = bom;
     while start < data.len() {
         match data[start..].iter().position(|&b| b == b'\n') {
             Some(n) => {
@@ -310,7 +374,7 @@ fn load<T: DeserializeOwned>(
     let last_content = lines.iter().rposition(|&(s, e, _)| !data[s..e].iter().all(u8::is_ascii_whitespace));
 
     let mut records = BTreeMap::new();
-    let mut keep_len = 0; // bytes to keep: the end of the last good line, '\n' included
+    let mut keep_len = bom; // bytes to keep: the end of the last good line, '\n' included
     let mut missing_newline = false;
     let mut dropped = 0;
     for (i, &(s, e, has_newline)) in lines.iter().enumerate() {
@@ -336,21 +400,23 @@ fn load<T: DeserializeOwned>(
                 );
                 dropped += 1;
             }
-            Err(source) => {
-                return Err(StoreError::Parse { path: path.to_path_buf(), line: i + 1, source });
+            Err(error) => {
+                return Err(StoreError::Parse { path: path.to_path_buf(), line: i + 1, error });
             }
         }
     }
 
-    if keep_len < data.len() {
-        file.set_len(keep_len as u64).map_err(io("truncate"))?;
+    Ok(Parsed { records, dropped, keep_len, missing_newline })
+}
+
+/// The answers stored in a run folder, read without creating, repairing or locking anything.
+pub fn read_answers(run_dir: &Path) -> Result<BTreeMap<u32, AnswerRecord>, StoreError> {
+    let path = run_dir.join(ANSWERS_FILE);
+    if !path.exists() {
+        return Ok(BTreeMap::new());
     }
-    if missing_newline {
-        // A complete record whose newline never made it: finish the line before appending.
-        file.write_all(b"\n").map_err(io("append to"))?;
-    }
-    let appender = Appender { path: path.to_path_buf(), file: Mutex::new(file) };
-    Ok((appender, records, dropped))
+    let data = crate::fsread::read(&path, crate::fsread::FileKind::Store)?;
+    Ok(parse_jsonl(&data, &path, |r: &AnswerRecord| r.id)?.records)
 }
 
 /// Whether a provenance read back from disk equals the current one.
@@ -399,6 +465,119 @@ pub fn reusable_verdict<'a>(
     let record = stored.verdicts.get(&id)?;
     let reusable = matches!(record.outcome, VerdictOutcome::Ok { .. }) && verdict_is_current(record, answer, prov);
     reusable.then_some(record)
+}
+
+/// The hash of what an item gives the model and the judge: its question text and the SHA-256 of
+/// its image file's bytes. A stored answer or verdict whose hash differs was made for another
+/// question or image.
+pub fn input_sha256(question: &str, image_sha256: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"vlsbench-input-v1\0question\0");
+    h.update((question.len() as u64).to_le_bytes());
+    h.update(question.as_bytes());
+    h.update(b"\0image-sha256\0");
+    h.update(image_sha256.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// What [`Stored::forget_stale`] dropped, by id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stale {
+    /// Answers whose question or image changed since they were generated.
+    pub answers_changed: Vec<u32>,
+    /// Answers written before input hashes were recorded.
+    pub answers_unhashed: Vec<u32>,
+    /// Verdicts whose question or image changed since they were judged.
+    pub verdicts_changed: Vec<u32>,
+    /// Verdicts written before input hashes were recorded.
+    pub verdicts_unhashed: Vec<u32>,
+}
+
+impl Stale {
+    /// Items whose stored results were dropped.
+    pub fn items(&self) -> std::collections::BTreeSet<u32> {
+        [&self.answers_changed, &self.answers_unhashed, &self.verdicts_changed, &self.verdicts_unhashed]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// Logs what was dropped and why, one line per reason.
+    pub fn log(&self) {
+        let ids = |v: &[u32]| crate::fsread::list_ids(v, 10);
+        if !self.answers_changed.is_empty() {
+            tracing::warn!(
+                "{} item(s) changed (question or image) since their answers were stored: generating them again ({})",
+                self.answers_changed.len(),
+                ids(&self.answers_changed)
+            );
+        }
+        if !self.answers_unhashed.is_empty() {
+            tracing::warn!(
+                "{} stored answer(s) do not record what the model was given (written by an older vlsbench-host): \
+                 treated as changed and generated again ({})",
+                self.answers_unhashed.len(),
+                ids(&self.answers_unhashed)
+            );
+        }
+        let verdicts_only: Vec<u32> =
+            self.verdicts_changed.iter().filter(|id| !self.answers_changed.contains(id)).copied().collect();
+        if !verdicts_only.is_empty() {
+            tracing::warn!(
+                "{} item(s) changed since their verdicts were stored: judging them again ({})",
+                verdicts_only.len(),
+                ids(&verdicts_only)
+            );
+        }
+        if !self.verdicts_unhashed.is_empty() && self.answers_unhashed.is_empty() {
+            tracing::warn!(
+                "{} stored verdict(s) do not record what the judge was given (older vlsbench-host): judging again ({})",
+                self.verdicts_unhashed.len(),
+                ids(&self.verdicts_unhashed)
+            );
+        }
+    }
+}
+
+impl Stored {
+    /// Drops every stored answer and verdict of an item in `inputs` (id → the current
+    /// [`input_sha256`]) whose recorded input hash differs from the current one or is absent, so
+    /// that it is made again; says what it dropped. Records of ids not in `inputs` are kept.
+    pub fn forget_stale(&mut self, inputs: &BTreeMap<u32, String>) -> Stale {
+        let mut stale = Stale::default();
+        let classify = |id: &u32, recorded: &Option<String>| -> Option<bool> {
+            let current = inputs.get(id)?;
+            match recorded {
+                Some(h) if h == current => None,
+                Some(_) => Some(true),
+                None => Some(false),
+            }
+        };
+        self.answers.retain(|id, r| match classify(id, &r.input_sha256) {
+            None => true,
+            Some(true) => {
+                stale.answers_changed.push(*id);
+                false
+            }
+            Some(false) => {
+                stale.answers_unhashed.push(*id);
+                false
+            }
+        });
+        self.verdicts.retain(|id, r| match classify(id, &r.input_sha256) {
+            None => true,
+            Some(true) => {
+                stale.verdicts_changed.push(*id);
+                false
+            }
+            Some(false) => {
+                stale.verdicts_unhashed.push(*id);
+                false
+            }
+        });
+        stale
+    }
 }
 
 /// SHA-256 of the UTF-8 bytes of `s`, as 64 lowercase hex digits.
@@ -450,6 +629,7 @@ mod tests {
             provenance: model_prov(),
             attempts: 1,
             elapsed_ms: 12,
+            input_sha256: Some(input_sha256(&format!("q{id}"), "img")),
         }
     }
 
@@ -468,6 +648,7 @@ mod tests {
             provenance: judge_prov(),
             attempts: 1,
             elapsed_ms: 40,
+            input_sha256: Some(input_sha256(&format!("q{id}"), "img")),
         }
     }
 
@@ -757,6 +938,107 @@ mod tests {
         drop(store);
         let (_, stored) = Store::open(tmp.path()).unwrap();
         assert_eq!(stored.answers.len(), 200);
+    }
+
+    fn inputs(ids: &[u32]) -> BTreeMap<u32, String> {
+        ids.iter().map(|&id| (id, input_sha256(&format!("q{id}"), "img"))).collect()
+    }
+
+    #[test]
+    fn records_of_a_changed_question_or_image_are_forgotten_the_rest_kept() {
+        let mut stored = Stored::default();
+        for id in 1..=4 {
+            stored.answers.insert(id, answer(id, "a"));
+            stored.verdicts.insert(id, verdict(id, "a", Label::Unsafe));
+        }
+        let mut current = inputs(&[1, 2, 3, 4]);
+        current.insert(2, input_sha256("an edited question", "img"));
+        current.insert(3, input_sha256("q3", "another image"));
+        let stale = stored.forget_stale(&current);
+        assert_eq!(stale.answers_changed, vec![2, 3]);
+        assert_eq!(stale.verdicts_changed, vec![2, 3]);
+        assert_eq!(stored.answers.keys().copied().collect::<Vec<_>>(), vec![1, 4]);
+        assert_eq!(stored.verdicts.keys().copied().collect::<Vec<_>>(), vec![1, 4]);
+        assert_eq!(stale.items().into_iter().collect::<Vec<_>>(), vec![2, 3]);
+    }
+
+    #[test]
+    fn records_without_an_input_hash_are_treated_as_changed() {
+        let mut stored = Stored::default();
+        let mut old = answer(1, "a");
+        old.input_sha256 = None;
+        stored.answers.insert(1, old);
+        let line = serde_json::to_string(&stored.answers[&1]).unwrap();
+        assert!(!line.contains("input_sha256"), "{line}");
+        let stale = stored.forget_stale(&inputs(&[1]));
+        assert_eq!(stale.answers_unhashed, vec![1]);
+        assert!(stored.answers.is_empty());
+    }
+
+    #[test]
+    fn the_input_hash_separates_question_from_image() {
+        assert_ne!(input_sha256("ab", "c"), input_sha256("a", "bc"));
+        assert_ne!(input_sha256("q", "x"), input_sha256("q", "y"));
+    }
+
+    #[test]
+    fn a_byte_order_mark_before_the_first_record_is_ignored() {
+        let tmp = run_dir();
+        let path = tmp.path().join(ANSWERS_FILE);
+        let good = serde_json::to_string(&answer(1, "one")).unwrap();
+        std::fs::write(&path, format!("\u{feff}{good}\n")).unwrap();
+        let (_, stored) = Store::open(tmp.path()).unwrap();
+        assert_eq!(stored.answers.len(), 1);
+        assert_eq!(stored.dropped_torn_lines, 0);
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_the_answers_file_is_refused() {
+        let tmp = run_dir();
+        let path = tmp.path().join(ANSWERS_FILE);
+        assert!(std::process::Command::new("mkfifo").arg(&path).status().unwrap().success());
+        let err = Store::open(tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("FIFO"), "{err}");
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn parse(data: &[u8]) -> Result<Parsed<AnswerRecord>, StoreError> {
+            parse_jsonl(data, Path::new("answers.jsonl"), |r: &AnswerRecord| r.id)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_bytes_parse_or_fail_naming_a_line(data in prop::collection::vec(any::<u8>(), 0..600)) {
+                match parse(&data) {
+                    Ok(p) => prop_assert!(p.keep_len <= data.len()),
+                    Err(StoreError::Parse { line, .. }) => prop_assert!(line >= 1),
+                    Err(other) => prop_assert!(false, "unexpected error {other}"),
+                }
+            }
+
+            #[test]
+            fn a_file_cut_anywhere_keeps_every_complete_record_before_the_cut(
+                ids in prop::collection::vec(0u32..100, 1..8), cut in 0usize..4000,
+            ) {
+                let text: String = ids
+                    .iter()
+                    .map(|&id| format!("{}\n", serde_json::to_string(&answer(id, "a\nb «ü»")).unwrap()))
+                    .collect();
+                let at = cut.min(text.len());
+                let p = parse(&text.as_bytes()[..at]).expect("a torn end is not an error");
+                let complete = text.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+                let expected: std::collections::BTreeSet<u32> = ids[..complete].iter().copied().collect();
+                let got: std::collections::BTreeSet<u32> = p.records.keys().copied().collect();
+                // A cut right after a record's last byte keeps it too (its newline is added back).
+                prop_assert!(got.is_superset(&expected));
+                prop_assert!(p.dropped <= 1);
+            }
+        }
     }
 
     #[test]

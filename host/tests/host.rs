@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod hostile_input;
 mod judge_sandbox;
 mod local_models;
 mod support;

@@ -16,12 +16,18 @@ use std::any::Any;
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::types::{BackendConfig, BackendError, BackendInfo, ErrorKind, GenerateRequest, Generation, ItemResult};
+use crate::types::{
+    BackendConfig, BackendError, BackendInfo, Description, ErrorKind, GenerateRequest, Generation, ItemResult,
+    OptionSpec,
+};
 
 /// Major version: a host refuses a plugin of another major.
 pub const ABI_MAJOR: u16 = 1;
 /// Minor version: a host accepts plugins of its major with a minor up to its own. 1.1 added
-/// `BackendInfo.message_layouts` (a JSON field with a default: 1.0 plugins still load).
+/// `BackendInfo.message_layouts` (a JSON field with a default: 1.0 plugins still load). Two more
+/// optional JSON fields came without a version change, since either side ignores them when it does
+/// not know them: the description's `options` ([`Backend::options`]) and each answer's `id` (the
+/// request's id, so the host can spot an answer put in another item's slot).
 pub const ABI_MINOR: u16 = 1;
 /// The one symbol a backend exports (NUL-terminated, for `dlsym`).
 pub const ENTRY_SYMBOL: &[u8] = b"vlsbench_backend_entry\0";
@@ -108,6 +114,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Answers a batch of at most `max_batch` requests: one result per request, in order.
     /// An error that concerns one request belongs in that request's slot.
     fn generate(&self, requests: Vec<GenerateRequest>) -> Vec<Result<Generation, BackendError>>;
+
+    /// The options `[model.options]` may hold, so the host refuses a misspelt or mistyped option
+    /// (naming the closest declared one) before it creates the backend. `None` (the default):
+    /// not declared; the backend checks its options itself in `create`.
+    fn options() -> Option<Vec<OptionSpec>> {
+        None
+    }
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {
@@ -158,7 +171,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, BackendError> {
 /// Called by the host through the table only.
 #[doc(hidden)]
 pub unsafe extern "C" fn describe_impl<B: Backend>(out: *mut RawBuffer) -> i32 {
-    guarded(out, || to_json(&B::describe()))
+    guarded(out, || to_json(&Description { info: B::describe(), options: B::options() }))
 }
 
 /// # Safety
@@ -206,6 +219,7 @@ pub unsafe extern "C" fn generate_impl<B: Backend>(
         let requests: Vec<GenerateRequest> = serde_json::from_slice(bytes)
             .map_err(|e| BackendError::bad_request(format!("requests are not valid JSON for this ABI: {e}")))?;
         let n = requests.len();
+        let ids: Vec<String> = requests.iter().map(|r| r.id.clone()).collect();
         let results: Vec<ItemResult> = backend.generate(requests).into_iter().map(ItemResult::from).collect();
         if results.len() != n {
             return Err(BackendError::model_failure(format!(
@@ -213,8 +227,26 @@ pub unsafe extern "C" fn generate_impl<B: Backend>(
                 results.len()
             )));
         }
-        to_json(&results)
+        to_json(&with_ids(&results, &ids)?)
     })
+}
+
+/// The results as JSON, each successful one carrying the id of its request (`{"ok": {..., "id":
+/// "3"}}`), so the host can tell an answer put in another item's slot. Hosts before this field
+/// ignore it.
+pub fn with_ids(results: &[ItemResult], ids: &[String]) -> Result<Vec<serde_json::Value>, BackendError> {
+    results
+        .iter()
+        .zip(ids)
+        .map(|(r, id)| {
+            let mut v = serde_json::to_value(r)
+                .map_err(|e| BackendError::model_failure(format!("cannot serialise the result: {e}")))?;
+            if let Some(ok) = v.get_mut("ok").and_then(serde_json::Value::as_object_mut) {
+                ok.insert("id".into(), serde_json::Value::String(id.clone()));
+            }
+            Ok(v)
+        })
+        .collect()
 }
 
 /// # Safety
@@ -354,6 +386,15 @@ pub mod host {
     /// # Safety
     /// `table` must come from a loaded, version-checked backend library.
     pub unsafe fn describe(table: &BackendTable) -> Result<BackendInfo, BackendError> {
+        // SAFETY: as for describe_full.
+        unsafe { describe_full(table) }.map(|d| d.info)
+    }
+
+    /// Calls `describe`, keeping the declared options.
+    ///
+    /// # Safety
+    /// `table` must come from a loaded, version-checked backend library.
+    pub unsafe fn describe_full(table: &BackendTable) -> Result<Description, BackendError> {
         let mut out = RawBuffer::empty();
         // SAFETY: out is a valid buffer slot.
         let status = unsafe { (table.describe)(&mut out) };
@@ -406,21 +447,74 @@ pub mod host {
             let status = unsafe { (self.table.generate)(self.handle, json.as_ptr(), json.len(), &mut out) };
             // SAFETY: out was filled by this plugin.
             let bytes = unsafe { take(self.table, out) };
-            let results: Vec<ItemResult> = decode(status, &bytes, "results")?;
-            if results.len() != requests.len() {
+            let raw: Vec<serde_json::Value> = decode(status, &bytes, "results")?;
+            if raw.len() != requests.len() {
                 return Err(BackendError::new(
                     ErrorKind::InvalidResponse,
-                    format!("plugin returned {} results for {} requests", results.len(), requests.len()),
+                    format!("plugin returned {} results for {} requests", raw.len(), requests.len()),
                 ));
             }
-            Ok(results)
+            Ok(raw.into_iter().zip(requests).map(|(v, req)| check_result(v, &req.id)).collect())
         }
+    }
+
+    #[cfg(test)]
+    pub(super) fn check_result_for_tests(v: serde_json::Value, id: &str) -> ItemResult {
+        check_result(v, id)
+    }
+
+    /// One result: an answer that names another request's id is an `invalid_response` for this
+    /// item; an unreadable one too (the other items of the batch keep theirs).
+    fn check_result(v: serde_json::Value, id: &str) -> ItemResult {
+        if let Some(answered) = v.get("ok").and_then(|ok| ok.get("id"))
+            && answered.as_str() != Some(id)
+        {
+            return ItemResult::Err(BackendError::new(
+                ErrorKind::InvalidResponse,
+                format!("the backend answered item {answered} in the slot of item {id:?}"),
+            ));
+        }
+        serde_json::from_value(v).unwrap_or_else(|e| {
+            ItemResult::Err(BackendError::new(
+                ErrorKind::InvalidResponse,
+                format!("plugin returned an unreadable result: {e}"),
+            ))
+        })
     }
 
     impl Drop for Instance {
         fn drop(&mut self) {
             // SAFETY: created by this table, destroyed once.
             unsafe { (self.table.destroy)(self.handle) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_carry_their_request_id_and_an_answer_in_another_slot_is_an_error_for_that_item_only() {
+        let results = vec![ItemResult::Ok(Generation::new("a")), ItemResult::Err(BackendError::bad_request("no"))];
+        let ids = vec!["1".to_string(), "2".to_string()];
+        let wire = with_ids(&results, &ids).expect("serialise");
+        assert_eq!(wire[0]["ok"]["id"], "1");
+        assert!(wire[1].get("err").is_some());
+        // A host that predates the id reads the answer as before.
+        let old: ItemResult = serde_json::from_value(wire[0].clone()).expect("old host");
+        assert_eq!(old, results[0]);
+        assert_eq!(host::check_result_for_tests(wire[0].clone(), "1"), results[0]);
+        match host::check_result_for_tests(wire[0].clone(), "7") {
+            ItemResult::Err(e) => {
+                assert_eq!(e.kind, ErrorKind::InvalidResponse);
+                assert!(e.message.contains(r#"answered item "1" in the slot of item "7""#), "{e}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        match host::check_result_for_tests(serde_json::json!({"ok": 3}), "1") {
+            ItemResult::Err(e) => assert_eq!(e.kind, ErrorKind::InvalidResponse),
+            other => panic!("expected an error, got {other:?}"),
         }
     }
 }

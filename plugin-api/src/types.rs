@@ -285,6 +285,106 @@ pub struct BackendInfo {
     pub message_layouts: BTreeMap<String, MessageLayout>,
 }
 
+/// The type of a backend option's value, as the manifest writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptionKind {
+    /// A string.
+    String,
+    /// A number (integer or not).
+    Number,
+    /// A whole number.
+    Integer,
+    /// `true` or `false`.
+    Boolean,
+    /// A string naming a local file or folder (relative to the manifest's folder): the host checks
+    /// that it exists before it creates the backend.
+    Path,
+    /// A string naming an environment variable that holds a secret (an API key); `""` for none.
+    /// The host checks that the variable is set and redacts its value from everything it writes.
+    SecretEnv,
+    /// A table (JSON object).
+    Table,
+    /// An array.
+    Array,
+    /// Anything; the backend checks it.
+    Any,
+}
+
+impl OptionKind {
+    /// Whether `value` has this type.
+    pub fn accepts(self, value: &serde_json::Value) -> bool {
+        use serde_json::Value as V;
+        match self {
+            Self::String | Self::Path | Self::SecretEnv => value.is_string(),
+            Self::Number => value.is_number(),
+            Self::Integer => value.is_i64() || value.is_u64(),
+            Self::Boolean => value.is_boolean(),
+            Self::Table => matches!(value, V::Object(_)),
+            Self::Array => value.is_array(),
+            Self::Any => true,
+        }
+    }
+
+    /// The type in words, for error messages ("a string", "an integer", ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::String => "a string",
+            Self::Number => "a number",
+            Self::Integer => "an integer",
+            Self::Boolean => "a boolean",
+            Self::Path => "a path (string)",
+            Self::SecretEnv => "an environment variable's name (string)",
+            Self::Table => "a table",
+            Self::Array => "an array",
+            Self::Any => "any value",
+        }
+    }
+}
+
+/// One option a backend takes in `[model.options]`, declared through
+/// [`Backend::options`](crate::Backend::options). On the wire it is the optional `options` field of
+/// the description, so hosts and plugins of ABI 1.0 and 1.1 still understand each other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptionSpec {
+    /// The key in `[model.options]`.
+    pub name: String,
+    /// The type its value must have.
+    pub kind: OptionKind,
+    /// One line for `vlsbench-host plugins NAME`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// The value used when the manifest leaves the option out (for [`OptionKind::SecretEnv`], the
+    /// variable read by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+}
+
+impl OptionSpec {
+    /// An option with no default.
+    pub fn new(name: impl Into<String>, kind: OptionKind, description: impl Into<String>) -> Self {
+        Self { name: name.into(), kind, description: description.into(), default: None }
+    }
+
+    /// The same option with the value used when the manifest leaves it out.
+    pub fn with_default(mut self, default: serde_json::Value) -> Self {
+        self.default = Some(default);
+        self
+    }
+}
+
+/// What `describe` sends: the [`BackendInfo`], plus the declared options when the backend declares
+/// them (`None`: it does not, and the host cannot check option names before creating it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Description {
+    /// What the backend supports.
+    #[serde(flatten)]
+    pub info: BackendInfo,
+    /// The options it takes, when it declares them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Vec<OptionSpec>>,
+}
+
 impl BackendInfo {
     /// The message layout the backend declares for `arch`, or the default one.
     pub fn message_layout(&self, arch: &str) -> MessageLayout {
@@ -475,6 +575,33 @@ impl Label {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_description_without_options_reads_as_undeclared_and_one_with_options_round_trips() {
+        let json = r#"{"name": "old", "version": "1", "archs": ["x"], "max_batch": 1, "concurrent": false,
+                       "devices": ["cpu"]}"#;
+        let d: Description = serde_json::from_str(json).expect("a 1.1 description parses");
+        assert_eq!(d.options, None);
+        let info: BackendInfo = serde_json::from_str(json).expect("info");
+        let declared = Description {
+            info,
+            options: Some(vec![OptionSpec::new("api_key_env", OptionKind::SecretEnv, "key").with_default("K".into())]),
+        };
+        let text = serde_json::to_string(&declared).expect("serialise");
+        assert!(text.contains(r#""kind":"secret_env""#), "{text}");
+        assert_eq!(serde_json::from_str::<Description>(&text).expect("read back"), declared);
+        // A host that knows only BackendInfo ignores the new field.
+        assert_eq!(serde_json::from_str::<BackendInfo>(&text).expect("old host"), declared.info);
+    }
+
+    #[test]
+    fn option_kinds_accept_their_json_types_only() {
+        use serde_json::json;
+        assert!(OptionKind::Integer.accepts(&json!(3)) && !OptionKind::Integer.accepts(&json!(3.5)));
+        assert!(OptionKind::Number.accepts(&json!(3.5)) && !OptionKind::Number.accepts(&json!("3")));
+        assert!(OptionKind::Path.accepts(&json!("a/b")) && !OptionKind::Path.accepts(&json!(["a"])));
+        assert!(OptionKind::Table.accepts(&json!({})) && OptionKind::Any.accepts(&json!(null)));
+    }
 
     #[test]
     fn a_1_0_backend_description_without_layouts_still_reads_and_gets_the_default() {

@@ -34,6 +34,7 @@ const NATIVE: &[&str] = &[
     "vlsbench-backend-candle-mllama",
     "vlsbench-fixture-wrong-abi-backend",
     "vlsbench-fixture-echo-backend",
+    "vlsbench-fixture-hostile-backend",
 ];
 /// Judge components, built for wasm32-wasip2.
 const WASM: &[&str] = &["vlsbench-judge-vlsbench", "vlsbench-judge-refusal-keywords", "vlsbench-fixture-hostile-judge"];

@@ -12,9 +12,7 @@ use crate::backend;
 pub fn find_judge(component: &str, base_dir: &Path, dirs: &[PathBuf]) -> anyhow::Result<PathBuf> {
     if names_a_file(component) {
         let path = resolve_path(base_dir, component);
-        if !path.is_file() {
-            bail!("judge component {} does not exist", path.display());
-        }
+        crate::fsread::check_regular(&path, crate::fsread::FileKind::JudgeComponent)?;
         return Ok(path);
     }
     let file = file_name(component);
@@ -55,6 +53,6 @@ mod tests {
     #[test]
     fn a_missing_component_path_is_named() {
         let err = find_judge("nowhere/judge.wasm", Path::new("/base"), &[]).err().map(|e| e.to_string());
-        assert_eq!(err.as_deref(), Some("judge component /base/nowhere/judge.wasm does not exist"));
+        assert_eq!(err.as_deref(), Some("judge component /base/nowhere/judge.wasm: no such file"));
     }
 }

@@ -2,7 +2,6 @@
 //! `check-config`, `judge`), whatever WIT version it was built for.
 
 use std::fmt;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -116,12 +115,10 @@ impl JudgeEngine {
 
 /// The bytes of a component file, refusing what is not a file or not a component.
 fn read_component(path: &Path) -> Result<Vec<u8>, JudgeLoadError> {
-    let read_error = |source| JudgeLoadError::Read { path: path.to_path_buf(), source };
-    let metadata = fs::metadata(path).map_err(read_error)?;
-    if !metadata.is_file() {
-        return Err(JudgeLoadError::NotAFile { path: path.to_path_buf() });
-    }
-    let bytes = fs::read(path).map_err(read_error)?;
+    let bytes = crate::fsread::read(path, crate::fsread::FileKind::JudgeComponent).map_err(|e| match e {
+        crate::fsread::ReadError::NotRegular { path, what, .. } => JudgeLoadError::NotAFile { path, what },
+        other => other.into(),
+    })?;
     match bytes.get(..8) {
         Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(bytes),
         Some([0, b'a', b's', b'm', _, _, 0, 0]) => Err(JudgeLoadError::NotAComponent { path: path.to_path_buf() }),

@@ -189,10 +189,12 @@ impl JudgeError {
 pub enum JudgeLoadError {
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
-    #[error("judge component {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
-    #[error("judge component {} is not a file", path.display())]
-    NotAFile { path: PathBuf },
+    #[error("judge component {}: {error}", path.display())]
+    Read { path: PathBuf, error: io::Error },
+    #[error(transparent)]
+    Bounded(#[from] crate::fsread::ReadError),
+    #[error("judge component {} is {what}, not a regular file", path.display())]
+    NotAFile { path: PathBuf, what: &'static str },
     #[error("judge component {} is not a WebAssembly file", path.display())]
     NotWasm { path: PathBuf },
     #[error(

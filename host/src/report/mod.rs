@@ -251,7 +251,14 @@ pub(crate) mod fixtures {
             for (item, fate) in fates {
                 let id = item.instruction_id;
                 let text = format!("answer {id} <script>alert(1)</script>");
-                let answer = |outcome| AnswerRecord { id, outcome, provenance: model(), attempts: 1, elapsed_ms: 5 };
+                let answer = |outcome| AnswerRecord {
+                    id,
+                    outcome,
+                    provenance: model(),
+                    attempts: 1,
+                    elapsed_ms: 5,
+                    input_sha256: None,
+                };
                 let verdict = |outcome| VerdictRecord {
                     id,
                     answer_sha256: sha256_hex(&text),
@@ -259,6 +266,7 @@ pub(crate) mod fixtures {
                     provenance: judge(),
                     attempts: 1,
                     elapsed_ms: 7,
+                    input_sha256: None,
                 };
                 let ok = AnswerOutcome::Ok { answer: text.clone() };
                 match *fate {

@@ -66,7 +66,8 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
     let _lock = lock_run_dir(&run_dir)?;
     write_run_files(&run_dir, &prepared.manifest)?;
-    let (store, stored) = Store::open(&run_dir)?;
+    let (store, mut stored) = Store::open(&run_dir)?;
+    stored.forget_stale(&prepared.dataset.input_hashes()).log();
     if stored.dropped_torn_lines > 0 {
         tracing::warn!("dropped {} torn line(s) left by an interrupted run", stored.dropped_torn_lines);
     }

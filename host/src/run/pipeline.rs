@@ -124,8 +124,12 @@ impl<'a> Pipeline<'a> {
             prepared,
             store,
             stored,
-            model: LazyBackend::new(prepared.model_library.clone(), backend_config(&m.manifest.model, base_dir)),
-            judge_model: judge_model.map(|(jm, lib)| LazyBackend::new(lib.clone(), backend_config(jm, base_dir))),
+            model: LazyBackend::new(
+                prepared.model_library.clone().with_call_timeout(&m.manifest.model),
+                backend_config(&m.manifest.model, base_dir),
+            ),
+            judge_model: judge_model
+                .map(|(jm, lib)| LazyBackend::new(lib.clone().with_call_timeout(jm), backend_config(jm, base_dir))),
             judge_settings: m.manifest.judge.model.as_ref().map(|jm| jm.generation.clone()).unwrap_or_default(),
             judge_config: judge_config_text(&prepared.judge_provenance),
             policy: RetryPolicy::from_manifest(m),
@@ -185,7 +189,7 @@ impl<'a> Pipeline<'a> {
             }
             if let Err(e) = self.process_batch(&batch) {
                 let ids: Vec<String> = batch.iter().map(|i| i.instruction_id.to_string()).collect();
-                self.fail(e.context(format!("item(s) {}", ids.join(", "))));
+                self.fail(e.context(format!("item(s) {}", crate::fsread::list_ids(&ids, 10))));
                 break;
             }
         }
@@ -249,7 +253,7 @@ impl<'a> Pipeline<'a> {
                 continue;
             };
             let elapsed_ms = batch_ms + item_start.elapsed().as_millis() as u64;
-            out.push(self.record_answer(item.instruction_id, result, attempts, elapsed_ms)?);
+            out.push(self.record_answer(item, result, attempts, elapsed_ms)?);
         }
         Ok(out)
     }
@@ -319,7 +323,7 @@ impl<'a> Pipeline<'a> {
     /// stops the run: every other item would fail the same way.
     fn record_answer(
         &self,
-        id: u32,
+        item: &Item,
         result: Result<Generation, BackendError>,
         attempts: u32,
         elapsed_ms: u64,
@@ -328,8 +332,10 @@ impl<'a> Pipeline<'a> {
             Ok(g) => AnswerOutcome::Ok { answer: python_strip(&g.text).to_string() },
             Err(e) => AnswerOutcome::Error { kind: e.kind.as_str().to_string(), message: e.message.clone() },
         };
+        let id = item.instruction_id;
         let provenance = self.prepared.model_provenance.clone();
-        let record = AnswerRecord { id, outcome, provenance, attempts, elapsed_ms };
+        let input_sha256 = self.prepared.dataset.input_sha256(item);
+        let record = AnswerRecord { id, outcome, provenance, attempts, elapsed_ms, input_sha256 };
         self.store.append_answer(&record)?;
         let answer = record.outcome.answer().map(str::to_string);
         self.answers.lock().unwrap_or_else(|e| e.into_inner()).insert(id, record);
@@ -386,6 +392,7 @@ impl<'a> Pipeline<'a> {
             provenance: p.judge_provenance.clone(),
             attempts: 1,
             elapsed_ms: start.elapsed().as_millis() as u64,
+            input_sha256: p.dataset.input_sha256(item),
         };
         self.store.append_verdict(&record)?;
         self.verdicts.lock().unwrap_or_else(|e| e.into_inner()).insert(id, record);

@@ -140,6 +140,7 @@ pub(super) fn backend_config(model: &ModelSection, base_dir: &Path) -> BackendCo
 /// Checks, before any model is loaded, that the local paths a backend will read exist: the
 /// checkpoint folder when the backend says it is one, and the options it names as paths.
 pub fn check_local_paths(lib: &BackendLibrary, model: &ModelSection, base_dir: &Path) -> anyhow::Result<()> {
+    crate::backend::check_options(lib, model)?;
     if lib.info.checkpoint_is_path {
         let Some(ck) = model.checkpoint.as_deref() else {
             bail!("arch {} needs `checkpoint = \"<folder>\"`: the checkpoint folder to load", model.arch);

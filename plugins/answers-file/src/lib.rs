@@ -7,13 +7,18 @@
 //!   (`{"logs": [{"id": .., "pred_answer": ..}, ...]}`).
 //!
 //! A request's id is the item id. An item the file does not answer is a `bad_request` error for that
-//! item, never an empty answer.
+//! item, never an empty answer; an id answered twice is an error naming both places.
+//!
+//! The file must be a regular file of at most 1 GiB (`VLSBENCH_MAX_ANSWERS_MIB` raises it): a FIFO or
+//! a device (`/dev/zero`) is refused before it is read. A leading UTF-8 byte-order mark is ignored.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use vlsbench_plugin_api::{Backend, BackendConfig, BackendError, BackendInfo, GenerateRequest, Generation};
+use vlsbench_plugin_api::{
+    Backend, BackendConfig, BackendError, BackendInfo, GenerateRequest, Generation, OptionKind, OptionSpec,
+};
 
 /// The backend: a map from item id to answer.
 #[derive(Debug)]
@@ -53,19 +58,71 @@ fn id_key(v: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// The default size limit of an answers file, in MiB.
+pub const DEFAULT_LIMIT_MIB: u64 = 1024;
+/// The variable that raises it.
+pub const LIMIT_ENV: &str = "VLSBENCH_MAX_ANSWERS_MIB";
+
+/// Reads a whole regular file of at most `limit` bytes; FIFOs, devices and folders are refused
+/// before they are opened for reading.
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, BackendError> {
+    use std::io::Read as _;
+    let bad = |m: String| BackendError::bad_config(format!("answers file {}: {m}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read it ({e})")))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file (a FIFO, a device or a folder)".into()));
+    }
+    let too_large = || {
+        bad(format!(
+            "larger than the {} MiB limit (set {LIMIT_ENV} to a larger number of MiB to raise it)",
+            limit >> 20
+        ))
+    };
+    if meta.len() > limit {
+        return Err(too_large());
+    }
+    let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot read it ({e})")))?;
+    let mut data = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut data).map_err(|e| bad(format!("cannot read it ({e})")))?;
+    if data.len() as u64 > limit {
+        return Err(too_large());
+    }
+    Ok(data)
+}
+
+fn limit() -> u64 {
+    std::env::var(LIMIT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&m| m > 0)
+        .unwrap_or(DEFAULT_LIMIT_MIB)
+        .saturating_mul(1 << 20)
+}
+
 /// Reads a JSON Lines answers file or a reference outputs file.
 pub fn read_answers(path: &Path) -> Result<HashMap<String, String>, BackendError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| BackendError::bad_config(format!("cannot read answers file {}: {e}", path.display())))?;
+    let data = read_bounded(path, limit())?;
+    let data = data.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(&data);
+    let text = std::str::from_utf8(data).map_err(|e| {
+        BackendError::bad_config(format!("answers file {}: not UTF-8 text at byte {}", path.display(), e.valid_up_to()))
+    })?;
+    parse_answers(text, path)
+}
+
+/// Parses the text of an answers file (`path` names it in messages). Never panics, whatever the
+/// text; every rejection is a `bad_config` error.
+pub fn parse_answers(text: &str, path: &Path) -> Result<HashMap<String, String>, BackendError> {
     if text.trim_start().starts_with('{')
-        && let Ok(outputs) = serde_json::from_str::<OutputsFile>(&text)
+        && let Ok(outputs) = serde_json::from_str::<OutputsFile>(text)
     {
         let mut answers = HashMap::new();
         for (i, log) in outputs.logs.into_iter().enumerate() {
             let id = id_key(&log.id).ok_or_else(|| {
                 BackendError::bad_config(format!("{}: logs[{i}] has an id that is not a number", path.display()))
             })?;
-            answers.insert(id, log.pred_answer);
+            if answers.insert(id.clone(), log.pred_answer).is_some() {
+                return Err(BackendError::bad_config(format!("{}: logs[{i}]: id {id} answered twice", path.display())));
+            }
         }
         return Ok(answers);
     }
@@ -105,6 +162,14 @@ impl Backend for AnswersFile {
             // The answers were produced elsewhere: the layout only names the provenance.
             message_layouts: Default::default(),
         }
+    }
+
+    fn options() -> Option<Vec<OptionSpec>> {
+        Some(vec![OptionSpec::new(
+            "path",
+            OptionKind::Path,
+            "the JSON Lines answers file or reference <arch>_outputs.json, relative to the manifest's folder",
+        )])
     }
 
     fn create(config: BackendConfig) -> Result<Self, BackendError> {
@@ -184,6 +249,85 @@ mod tests {
     fn a_bad_line_is_named() {
         let err = backend_for("{\"id\": 1, \"answer\": \"a\"}\nnot json\n").expect_err("bad");
         assert!(err.message.contains("a.jsonl:2:"), "{err}");
+    }
+
+    #[test]
+    fn dev_zero_and_a_fifo_are_refused_without_reading_them() {
+        let err = read_answers(Path::new("/dev/zero")).expect_err("device");
+        assert!(err.message.contains("not a regular file"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("answers.jsonl");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+        let err = read_answers(&fifo).expect_err("fifo");
+        assert!(err.message.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn a_file_over_the_limit_is_refused_naming_the_variable_that_raises_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.jsonl");
+        std::fs::write(&p, vec![b'\n'; (1 << 20) + 1]).expect("write");
+        let err = read_bounded(&p, 1 << 20).expect_err("too large");
+        assert!(err.message.contains("1 MiB limit") && err.message.contains(LIMIT_ENV), "{err}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_ignored() {
+        let b = backend_for("\u{feff}{\"id\": 1, \"answer\": \"a\"}\n").expect("ok");
+        assert_eq!(b.generate(vec![request("1")])[0].as_ref().expect("1").text, "a");
+    }
+
+    #[test]
+    fn an_id_answered_twice_in_an_outputs_file_is_refused() {
+        let text = r#"{"logs": [{"id": 1, "pred_answer": "a"}, {"id": 1, "pred_answer": "b"}]}"#;
+        let err = backend_for(text).expect_err("dup");
+        assert!(err.message.contains("logs[1]: id 1 answered twice"), "{err}");
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_text_parses_or_is_a_bad_config_error(text in "\\PC*") {
+                if let Err(e) = parse_answers(&text, Path::new("a.jsonl")) {
+                    prop_assert_eq!(e.kind, vlsbench_plugin_api::ErrorKind::BadConfig);
+                }
+            }
+
+            #[test]
+            fn json_lines_of_ids_and_answers_read_back(
+                answers in proptest::collection::btree_map(0u32..5000, "\\PC{0,40}", 0..20)
+            ) {
+                let text: String = answers
+                    .iter()
+                    .map(|(id, a)| format!("{}\n", serde_json::json!({"id": id, "answer": a})))
+                    .collect();
+                let got = parse_answers(&text, Path::new("a.jsonl")).expect("valid lines");
+                prop_assert_eq!(got.len(), answers.len());
+                for (id, a) in &answers {
+                    prop_assert_eq!(&got[&id.to_string()], a);
+                }
+            }
+
+            #[test]
+            fn mutated_lines_never_panic(
+                answers in proptest::collection::vec(("[0-9]{1,4}", "\\PC{0,20}"), 1..10),
+                cut in 0usize..400,
+                junk in proptest::collection::vec(any::<u8>(), 0..8),
+            ) {
+                let mut text: String = answers
+                    .iter()
+                    .map(|(id, a)| format!("{}\n", serde_json::json!({"id": id.parse::<u32>().unwrap_or(0), "answer": a})))
+                    .collect();
+                let at = text.char_indices().map(|(i, _)| i).nth(cut).unwrap_or(text.len());
+                text.insert_str(at, &String::from_utf8_lossy(&junk));
+                let _ = parse_answers(&text, Path::new("a.jsonl"));
+            }
+        }
     }
 
     #[test]

@@ -225,6 +225,19 @@ impl Backend for OpenAiBackend {
         }
     }
 
+    fn options() -> Option<Vec<vlsbench_plugin_api::OptionSpec>> {
+        use vlsbench_plugin_api::{OptionKind, OptionSpec};
+        Some(vec![
+            OptionSpec::new("base_url", OptionKind::String, "the server's base URL (…/v1)")
+                .with_default(options::DEFAULT_BASE_URL.into()),
+            OptionSpec::new("api_key_env", OptionKind::SecretEnv, "the variable holding the API key; \"\" for none")
+                .with_default(options::DEFAULT_API_KEY_ENV.into()),
+            OptionSpec::new("timeout_secs", OptionKind::Number, "seconds one request may take")
+                .with_default(options::DEFAULT_TIMEOUT_SECS.into()),
+            OptionSpec::new("extra_headers", OptionKind::Table, "HTTP headers sent with every request"),
+        ])
+    }
+
     fn create(config: BackendConfig) -> Result<Self, BackendError> {
         if config.arch != ARCH {
             return Err(BackendError::unsupported(format!(

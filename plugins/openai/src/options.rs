@@ -93,7 +93,12 @@ impl Options {
             )));
         }
         let secs = written.timeout_secs;
-        if !(secs.is_finite() && secs > 0.0 && secs < 1.0e9) {
+        if secs.is_finite() && secs >= 1.0e9 {
+            return Err(BackendError::bad_config(format!(
+                "option `timeout_secs` = {secs} is too large: at most 1e9 seconds (about 31 years)"
+            )));
+        }
+        if !(secs.is_finite() && secs > 0.0) {
             return Err(BackendError::bad_config(format!(
                 "option `timeout_secs` must be a positive number of seconds, got {secs}"
             )));
@@ -229,5 +234,13 @@ mod tests {
             let e = Options::parse(&bad, env_with_key).unwrap_err();
             assert_eq!(e.kind, ErrorKind::BadConfig, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_huge_timeout_is_refused_with_its_bound_not_as_negative() {
+        let e = Options::parse(&json!({"timeout_secs": 1e10}), env_with_key).unwrap_err();
+        assert!(e.message.contains("is too large: at most 1e9 seconds"), "{e}");
+        let e = Options::parse(&json!({"timeout_secs": -1}), env_with_key).unwrap_err();
+        assert!(e.message.contains("must be a positive number"), "{e}");
     }
 }
