@@ -54,7 +54,9 @@ pub fn bench_llava_7b(args: &[String]) -> anyhow::Result<()> {
     let host = host_run_one_item(&ck, &dtype, new_tokens)?;
 
     let gb = |b: f64| b / 1e9;
-    println!("\nLLaVA-1.5-7b shape (7.06B parameters, random f16 weights), {dtype}, CPU, batch 1, {new_tokens} new tokens");
+    println!(
+        "\nLLaVA-1.5-7b shape (7.06B parameters, random f16 weights), {dtype}, CPU, batch 1, {new_tokens} new tokens"
+    );
     println!("processor: {}", cpu_line());
     println!("weights: {:.2} GB; KV cache at {} positions: {:.2} GB", gb(weight_bytes), 700 + new_tokens, gb(kv_bytes));
     println!("| impl | prompt tokens | prefill s | decode tok/s | peak RSS GB |");
@@ -145,7 +147,8 @@ fn host_run_one_item(ck: &Path, dtype: &str, new_tokens: u64) -> anyhow::Result<
         .parse()
         .context("peak RSS")?;
     let wall = field("Elapsed (wall clock) time (h:mm:ss or m:ss):").context("no wall time")?;
-    let wall_s = wall.split(':').try_fold(0.0, |acc, p| p.parse::<f64>().map(|v| acc * 60.0 + v)).context("wall time")?;
+    let wall_s =
+        wall.split(':').try_fold(0.0, |acc, p| p.parse::<f64>().map(|v| acc * 60.0 + v)).context("wall time")?;
     let answers = std::fs::read_to_string(dir.join("outputs").join(&name).join("answers.jsonl"))
         .context("the run wrote no answers.jsonl")?;
     let line: serde_json::Value = serde_json::from_str(answers.lines().next().context("answers.jsonl is empty")?)?;
