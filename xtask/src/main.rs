@@ -8,7 +8,7 @@
 //! - `cargo xtask test`            build, then `cargo test --workspace`
 //! - `cargo xtask demo`            build, then run `examples/demo/demo.toml` offline
 //! - `cargo xtask bench api [--delay-ms 100] [--concurrency 64] [--items N]`
-//! - `cargo xtask bench llava|qwen2vl|mllama [--dtype f32|f16] [--max-batch 8] [--new-tokens 128]` (needs
+//! - `cargo xtask bench llava|qwen2vl|mllama [--dtype f32|f16|bf16] [--max-batch 8] [--new-tokens 128]` (needs
 //!   Python): our backend against transformers on one random checkpoint, with the processor named
 //! - `cargo xtask bench llava --shape 7b [--dtype f16] [--new-tokens 16] [--with-transformers]`: a
 //!   llava-1.5-7b-shaped f16 checkpoint through our bench binary and one `vlsbench-host run` item
@@ -58,7 +58,8 @@ fn main() -> anyhow::Result<()> {
             Some("mllama") => bench_family(&MLLAMA_BENCH, &args[2..]),
             _ => bail!(
                 "usage: cargo xtask bench api [--delay-ms MS] [--concurrency N] [--items N]\n       \
-                 cargo xtask bench llava|qwen2vl|mllama [--dtype f32|f16] [--max-batch N] [--new-tokens N]"
+                 cargo xtask bench llava|qwen2vl|mllama [--dtype f32|f16|bf16] [--max-batch N] [--new-tokens N]\n       \
+                 cargo xtask bench llava --shape 7b [--dtype f16] [--new-tokens N] [--with-transformers]"
             ),
         },
         Some("fixtures") => fixtures(&args[1..]),
