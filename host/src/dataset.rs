@@ -192,10 +192,13 @@ fn decode_fully(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("does not decode ({e})"))
 }
 
+/// Reads one field of an item.
+type FieldOf = fn(&Item) -> &str;
+
 /// Filter values that name nothing in the file, each with the closest known name.
 fn unknown_filter_names(items: &[Item], filters: &Filters) -> Vec<String> {
     let mut out = Vec::new();
-    let lists: [(&str, &BTreeSet<String>, fn(&Item) -> &str); 3] = [
+    let lists: [(&str, &BTreeSet<String>, FieldOf); 3] = [
         ("categories", &filters.categories, |i| &i.category),
         ("sub_categories", &filters.sub_categories, |i| &i.sub_category),
         ("sources", &filters.sources, |i| &i.source),

@@ -21,7 +21,7 @@ proptest! {
     fn a_strict_verdict_inside_any_prose_is_found(code in 1u8..=3, explanation in "\\PC{0,40}", before in "[^{}]{0,30}", after in "[^{}]{0,30}") {
         let verdict = serde_json::json!({"label": code, "label_str": label_str(code), "explanation": explanation});
         let reply = format!("{before}{verdict}{after}");
-        let parsed = parse_reply(&reply).map_err(|e| TestCaseError::fail(e))?;
+        let parsed = parse_reply(&reply).map_err(TestCaseError::fail)?;
         prop_assert_eq!(parsed.label, Label::from_code(code).ok_or_else(|| TestCaseError::fail("code"))?);
     }
 
