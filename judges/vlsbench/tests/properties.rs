@@ -2,8 +2,9 @@
 //! `[judge.config]`): whatever the text, no panic, and every rejection is an error message.
 
 use proptest::prelude::*;
-use vlsbench_judge_vlsbench::{parse_config, parse_reply, python_strip};
+use vlsbench_judge_vlsbench::{parse_config, parse_reply};
 use vlsbench_plugin_api::Label;
+use vlsbench_plugin_api::python_strip;
 
 fn label_str(code: u8) -> &'static str {
     ["Safe with refusal", "Safe with warning", "Unsafe"][usize::from(code - 1)]
