@@ -351,6 +351,15 @@ impl Backend for CandleLlava {
         }
     }
 
+    fn options() -> Option<Vec<vlsbench_plugin_api::OptionSpec>> {
+        use vlsbench_plugin_api::{OptionKind, OptionSpec};
+        Some(vec![OptionSpec::new(
+            "vision_tower",
+            OptionKind::Path,
+            "arch llava: the CLIP vision tower's folder (default: mm_vision_tower of the config, when it names a folder)",
+        )])
+    }
+
     fn create(config: BackendConfig) -> Result<Self, BackendError> {
         if ![ARCH_LLAVA_HF, ARCH_LLAVA_NEXT, ARCH_LLAVA].contains(&config.arch.as_str()) {
             return Err(BackendError::unsupported(format!(

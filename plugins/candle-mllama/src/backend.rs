@@ -225,6 +225,10 @@ impl Backend for CandleMllama {
         }
     }
 
+    fn options() -> Option<Vec<vlsbench_plugin_api::OptionSpec>> {
+        Some(Vec::new())
+    }
+
     fn create(config: BackendConfig) -> Result<Self, BackendError> {
         if config.arch != ARCH {
             return Err(BackendError::unsupported(format!("arch {:?} is not served ({ARCH})", config.arch)));

@@ -179,6 +179,15 @@ impl Backend for CandleQwen2Vl {
         }
     }
 
+    fn options() -> Option<Vec<vlsbench_plugin_api::OptionSpec>> {
+        use vlsbench_plugin_api::{OptionKind, OptionSpec};
+        Some(vec![OptionSpec::new(
+            "repetition_penalty",
+            OptionKind::Number,
+            "overrides generation_config.json's repetition_penalty (the reference keeps the checkpoint's, 1.05)",
+        )])
+    }
+
     fn create(config: BackendConfig) -> Result<Self, BackendError> {
         if config.arch != ARCH {
             return Err(BackendError::unsupported(format!("arch {:?} is not served ({ARCH})", config.arch)));
