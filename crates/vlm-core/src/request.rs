@@ -1,7 +1,8 @@
 //! What a backend reads from a request and from the manifest's `[model]`: the images and the text
 //! of the chat messages, the checkpoint folder, `dtype` and `device` ([`checkpoint_dtype_device`]),
-//! `[model.options]` ([`options_table`]), a request's budget of new tokens ([`greedy_budget`],
-//! [`budget_in_context`]), and how a model error reaches the host.
+//! a request's budget of new tokens ([`greedy_budget`], [`budget_in_context`]), and how a model
+//! error reaches the host. (`[model.options]` are read by each backend into its own serde type,
+//! `BackendConfig::options`.)
 
 use std::path::{Path, PathBuf};
 
@@ -75,25 +76,6 @@ pub fn checkpoint_dtype_device(config: &BackendConfig) -> Result<(PathBuf, DType
     let device = parse_device(config.device.as_deref())?;
     check_dtype_on_device(dtype, &device)?;
     Ok((dir, dtype, device))
-}
-
-/// `[model.options]`, a table (or absent: `None`) whose keys are all in `known`; an unknown key is
-/// an error saying what the backend takes (`takes`, e.g. "candle-mllama takes no options").
-pub fn options_table<'a>(
-    options: &'a serde_json::Value,
-    known: &[&str],
-    takes: &str,
-) -> Result<Option<&'a serde_json::Map<String, serde_json::Value>>, BackendError> {
-    match options {
-        serde_json::Value::Null => Ok(None),
-        serde_json::Value::Object(o) => {
-            if let Some(k) = o.keys().find(|k| !known.contains(&k.as_str())) {
-                return Err(BackendError::bad_config(format!("options.{k}: unknown ({takes})")));
-            }
-            Ok(Some(o))
-        }
-        other => Err(BackendError::bad_config(format!("options: expected a table, got {other}"))),
-    }
 }
 
 /// A request's budget of new tokens (`max_new_tokens`, default 128, the reference's); a sampling
@@ -170,7 +152,6 @@ pub fn model_error(item: &str, e: ModelError) -> BackendError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn config(checkpoint: Option<&str>, dtype: Option<&str>) -> BackendConfig {
         BackendConfig {
@@ -206,14 +187,5 @@ mod tests {
         assert!(greedy_budget(&req).unwrap_err().message.contains("only greedy decoding"));
         req.settings = Default::default();
         assert_eq!(greedy_budget(&req).unwrap(), 128);
-    }
-
-    #[test]
-    fn options_are_a_table_of_known_keys() {
-        assert!(options_table(&serde_json::Value::Null, &[], "").unwrap().is_none());
-        assert_eq!(options_table(&json!({"a": 1}), &["a"], "").unwrap().map(|o| o.len()), Some(1));
-        let e = options_table(&json!({"b": 1}), &["a"], "x takes a").unwrap_err();
-        assert!(e.to_string().contains("options.b: unknown (x takes a)"), "{e}");
-        assert!(options_table(&json!(3), &[], "").unwrap_err().to_string().contains("expected a table"));
     }
 }

@@ -20,9 +20,7 @@ use crate::image_proc;
 use crate::model::{Llava, PixelInput};
 use crate::original::{self, OriginalCheckpoint};
 use vlm_core::batch::{finish_generation, generate_in_batches, single};
-use vlm_core::request::{
-    checkpoint_dtype_device, devices, greedy_budget, image_paths, model_error, options_table, question,
-};
+use vlm_core::request::{checkpoint_dtype_device, devices, greedy_budget, image_paths, model_error, question};
 use vlm_core::sentencepiece::SlowLlamaTokenizer;
 use vlm_core::template::ChatTemplate;
 use vlm_core::tokenizer::{PromptTokenizer, expand_image_tokens};
@@ -326,6 +324,14 @@ impl CandleLlava {
     }
 }
 
+/// `[model.options]` of candle-llava.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct LlavaOptions {
+    /// Arch `llava`: the CLIP vision tower's folder (resolved against the manifest's folder).
+    vision_tower: Option<PathBuf>,
+}
+
 impl Backend for CandleLlava {
     fn describe() -> BackendInfo {
         BackendInfo {
@@ -368,18 +374,9 @@ impl Backend for CandleLlava {
             )));
         }
         let (dir, dtype, device) = checkpoint_dtype_device(&config)?;
-        // A misspelt option is an error, not silently ignored.
-        options_table(&config.options, &["vision_tower"], "candle-llava takes vision_tower (arch llava)")?;
-        let resolve = |p: &str| if Path::new(p).is_absolute() { PathBuf::from(p) } else { config.base_dir.join(p) };
-        let vision_tower = match config.options.get("vision_tower") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(p)) => Some(resolve(p)),
-            Some(other) => {
-                return Err(BackendError::bad_config(format!(
-                    "options.vision_tower: expected a folder path, got {other}"
-                )));
-            }
-        };
+        // A misspelt option is an error naming it, not silently ignored.
+        let options: LlavaOptions = config.options()?;
+        let vision_tower = options.vision_tower.map(|p| config.resolve(p));
         if config.arch == ARCH_LLAVA {
             return Self::load_original(&dir, vision_tower.as_deref(), dtype, &device);
         }

@@ -16,9 +16,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use vlm_core::batch::{finish_generation, generate_in_batches, single};
 use vlm_core::generation::{GenerationDefaults, OtherProcessors};
-use vlm_core::request::{
-    budget_in_context, checkpoint_dtype_device, devices, greedy_budget, image_paths, model_error, options_table,
-};
+use vlm_core::request::{budget_in_context, checkpoint_dtype_device, devices, greedy_budget, image_paths, model_error};
 use vlm_core::template::ChatTemplate;
 use vlm_core::tokenizer::PromptTokenizer;
 use vlsbench_plugin_api::{
@@ -205,6 +203,11 @@ impl CandleMllama {
     }
 }
 
+/// `[model.options]` of candle-mllama: none, so any key is refused by name.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct NoOptions {}
+
 impl Backend for CandleMllama {
     fn describe() -> BackendInfo {
         BackendInfo {
@@ -234,7 +237,7 @@ impl Backend for CandleMllama {
             return Err(BackendError::unsupported(format!("arch {:?} is not served ({ARCH})", config.arch)));
         }
         let (dir, dtype, device) = checkpoint_dtype_device(&config)?;
-        options_table(&config.options, &[], "candle-mllama takes no options")?;
+        let NoOptions {} = config.options()?;
         Self::load(&dir, dtype, &device)
     }
 

@@ -345,7 +345,7 @@ fn bad_configurations_are_named_at_load() {
     assert!(e.message.contains("config.json") && e.message.contains("mllama"), "{e}");
     let mut cfg = backend_config("mllama");
     cfg.options = serde_json::json!({"repetition_penalty": 1.1});
-    assert!(CandleMllama::create(cfg).err().unwrap().message.contains("options.repetition_penalty"));
+    assert!(CandleMllama::create(cfg).err().unwrap().message.contains("unknown field `repetition_penalty`"));
     // A checkpoint missing a piece names it.
     for (missing, named) in [
         ("model.safetensors", "no weights"),

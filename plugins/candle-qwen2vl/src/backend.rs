@@ -15,9 +15,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use vlm_core::batch::{finish_generation, generate_in_batches, single};
 use vlm_core::generation::{GenerationDefaults, OtherProcessors};
-use vlm_core::request::{
-    budget_in_context, checkpoint_dtype_device, devices, greedy_budget, image_paths, model_error, options_table,
-};
+use vlm_core::request::{budget_in_context, checkpoint_dtype_device, devices, greedy_budget, image_paths, model_error};
 use vlm_core::template::ChatTemplate;
 use vlm_core::tokenizer::{PromptTokenizer, clean_up_tokenization, expand_image_tokens, python_strip};
 use vlsbench_plugin_api::{
@@ -159,6 +157,14 @@ impl CandleQwen2Vl {
     }
 }
 
+/// `[model.options]` of candle-qwen2vl.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Qwen2VlOptions {
+    /// Overrides `generation_config.json`'s `repetition_penalty`.
+    repetition_penalty: Option<f32>,
+}
+
 impl Backend for CandleQwen2Vl {
     fn describe() -> BackendInfo {
         BackendInfo {
@@ -193,18 +199,14 @@ impl Backend for CandleQwen2Vl {
             return Err(BackendError::unsupported(format!("arch {:?} is not served ({ARCH})", config.arch)));
         }
         let (dir, dtype, device) = checkpoint_dtype_device(&config)?;
-        let options =
-            options_table(&config.options, &["repetition_penalty"], "candle-qwen2vl takes repetition_penalty")?;
-        let penalty = match options.and_then(|o| o.get("repetition_penalty")) {
-            None => None,
-            Some(v) => match v.as_f64() {
-                Some(p) if p > 0.0 && p.is_finite() => Some(p as f32),
-                _ => {
-                    return Err(BackendError::bad_config(format!(
-                        "options.repetition_penalty: expected a positive number, got {v}"
-                    )));
-                }
-            },
+        let options: Qwen2VlOptions = config.options()?;
+        let penalty = match options.repetition_penalty {
+            Some(p) if !(p > 0.0 && p.is_finite()) => {
+                return Err(BackendError::bad_config(format!(
+                    "[model.options]: `repetition_penalty` must be a positive number, got {p}"
+                )));
+            }
+            p => p,
         };
         let mut backend = Self::load(&dir, dtype, &device)?;
         if let Some(p) = penalty {
