@@ -30,10 +30,19 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use vlsbench_plugin_api::types::{GenerationSettings, Label};
+
+mod jsonl;
+mod records;
+mod reuse;
+
+pub use jsonl::{Parsed, parse_jsonl};
+pub use records::{AnswerOutcome, AnswerProvenance, AnswerRecord, JudgeProvenance, VerdictOutcome, VerdictRecord};
+pub use reuse::{
+    Stale, answer_is_current, input_sha256, reusable_answer, reusable_verdict, same_provenance, sha256_hex,
+    verdict_is_current,
+};
 
 /// The answers file's name inside a run directory.
 pub const ANSWERS_FILE: &str = "answers.jsonl";
@@ -43,148 +52,6 @@ pub const VERDICTS_FILE: &str = "verdicts.jsonl";
 /// The verdict error kind that means the judge (or its model) refused to judge the item.
 /// Reports count these apart from other judge errors.
 pub const JUDGE_REFUSED: &str = "refused";
-
-/// What produced an answer: enough to tell whether a stored answer can stand for a new one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AnswerProvenance {
-    /// The backend plugin's name (e.g. `openai`).
-    pub backend: String,
-    /// The backend plugin's version.
-    pub backend_version: String,
-    /// The arch, as the manifest names it (e.g. `llava_hf`).
-    pub arch: String,
-    /// The checkpoint directory, or the model name for API backends.
-    pub checkpoint: Option<String>,
-    pub device: Option<String>,
-    pub dtype: Option<String>,
-    pub settings: GenerationSettings,
-    /// How the item's messages were laid out, as the backend declared it (`MessageLayout::id`),
-    /// e.g. `openai-reference-v1` or `system("Be brief.") + user[text, image]`.
-    pub prompt: String,
-    /// SHA-256 (hex) of the backend's options; the options themselves (which may name secrets) are
-    /// never stored.
-    pub options_sha256: String,
-}
-
-/// How a generation ended. Serialised with a `status` tag:
-/// `{"status":"ok","answer":"..."}` or `{"status":"error","kind":"timeout","message":"..."}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum AnswerOutcome {
-    Ok {
-        /// The answer, stripped of surrounding white space.
-        answer: String,
-    },
-    Error {
-        /// The backend's error kind (`timeout`, `bad_request`, ...; see `ErrorKind::as_str`).
-        kind: String,
-        message: String,
-    },
-}
-
-impl AnswerOutcome {
-    /// The answer text, if generation succeeded.
-    pub fn answer(&self) -> Option<&str> {
-        match self {
-            Self::Ok { answer } => Some(answer),
-            Self::Error { .. } => None,
-        }
-    }
-}
-
-/// One line of `answers.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AnswerRecord {
-    /// The item's `instruction_id`.
-    pub id: u32,
-    pub outcome: AnswerOutcome,
-    pub provenance: AnswerProvenance,
-    /// How many calls were made (1 when the first one succeeded).
-    pub attempts: u32,
-    /// Wall time spent on the item, all attempts together.
-    pub elapsed_ms: u64,
-    /// [`input_sha256`] of the question and image the model was given; absent in records written
-    /// before it existed, which are treated as changed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_sha256: Option<String>,
-}
-
-/// What produced a verdict.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JudgeProvenance {
-    /// The judge component's name (from its `info`).
-    pub judge: String,
-    /// The judge component's version (from its `info`).
-    pub judge_version: String,
-    /// SHA-256 (hex) of the component file.
-    pub component_sha256: String,
-    /// The judge's configuration, as the manifest gives it.
-    pub config: serde_json::Value,
-    /// The judge's model, if the judge calls one.
-    pub model: Option<AnswerProvenance>,
-}
-
-/// How a judgement ended. Serialised with a `status` tag, like [`AnswerOutcome`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum VerdictOutcome {
-    Ok {
-        /// The label; `label_code` and `label_str` repeat it in the reference's terms.
-        label: Label,
-        /// 1, 2 or 3.
-        label_code: u8,
-        /// `Safe with refusal`, `Safe with warning` or `Unsafe`.
-        label_str: String,
-        explanation: String,
-        /// The judge's raw output, for audit.
-        raw: String,
-    },
-    Error {
-        /// e.g. `refused` (see [`JUDGE_REFUSED`]), `invalid_output`, `timeout`.
-        kind: String,
-        message: String,
-    },
-}
-
-impl VerdictOutcome {
-    /// An ok verdict, with `label_code` and `label_str` filled in from `label`.
-    pub fn ok(label: Label, explanation: impl Into<String>, raw: impl Into<String>) -> Self {
-        Self::Ok {
-            label,
-            label_code: label.code(),
-            label_str: label.label_str().to_owned(),
-            explanation: explanation.into(),
-            raw: raw.into(),
-        }
-    }
-
-    /// The label, if the judgement succeeded.
-    pub fn label(&self) -> Option<Label> {
-        match self {
-            Self::Ok { label, .. } => Some(*label),
-            Self::Error { .. } => None,
-        }
-    }
-}
-
-/// One line of `verdicts.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VerdictRecord {
-    /// The item's `instruction_id`.
-    pub id: u32,
-    /// SHA-256 (hex, see [`sha256_hex`]) of the answer text that was judged.
-    pub answer_sha256: String,
-    pub outcome: VerdictOutcome,
-    pub provenance: JudgeProvenance,
-    /// How many judge calls were made.
-    pub attempts: u32,
-    /// Wall time spent on the item, all attempts together.
-    pub elapsed_ms: u64,
-    /// [`input_sha256`] of the question and image the judge was given (absent in older records,
-    /// which are treated as changed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input_sha256: Option<String>,
-}
 
 /// An error of the store, naming the file it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -331,84 +198,6 @@ fn load<T: DeserializeOwned>(
     Ok((appender, records, dropped))
 }
 
-/// What [`parse_jsonl`] read from a JSON Lines file's bytes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Parsed<T> {
-    /// The latest record of each id.
-    pub records: BTreeMap<u32, T>,
-    /// Torn or unparsable last lines dropped (0 or 1).
-    pub dropped: usize,
-    /// Bytes to keep: the end of the last good line.
-    pub keep_len: usize,
-    /// The last good record lacks its newline.
-    pub missing_newline: bool,
-}
-
-/// Parses the bytes of an `answers.jsonl` or `verdicts.jsonl` (named `path` in messages): a
-/// leading byte-order mark and blank lines are skipped, a torn or unparsable last line is dropped
-/// (with a warning), an unparsable line before it is a [`StoreError::Parse`]. Never panics, whatever
-/// the bytes.
-pub fn parse_jsonl<T: DeserializeOwned>(
-    data: &[u8],
-    path: &Path,
-    id_of: fn(&T) -> u32,
-) -> Result<Parsed<T>, StoreError> {
-    // An editor's byte-order mark before the first record is not part of it.
-    let bom = if data.starts_with(crate::fsread::BOM) { crate::fsread::BOM.len() } else { 0 };
-
-    // Split into lines; the last one may lack its newline (a torn write).
-    let mut lines = Vec::new(); // (start, end without '\n', has '\n')
-    let mut start = bom;
-    while start < data.len() {
-        match data[start..].iter().position(|&b| b == b'\n') {
-            Some(n) => {
-                lines.push((start, start + n, true));
-                start += n + 1;
-            }
-            None => {
-                lines.push((start, data.len(), false));
-                start = data.len();
-            }
-        }
-    }
-    let last_content = lines.iter().rposition(|&(s, e, _)| !data[s..e].iter().all(u8::is_ascii_whitespace));
-
-    let mut records = BTreeMap::new();
-    let mut keep_len = bom; // bytes to keep: the end of the last good line, '\n' included
-    let mut missing_newline = false;
-    let mut dropped = 0;
-    for (i, &(s, e, has_newline)) in lines.iter().enumerate() {
-        let bytes = &data[s..e];
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            if has_newline {
-                keep_len = e + 1;
-            }
-            continue;
-        }
-        match serde_json::from_slice::<T>(bytes) {
-            Ok(record) => {
-                records.insert(id_of(&record), record);
-                keep_len = if has_newline { e + 1 } else { e };
-                missing_newline = !has_newline;
-            }
-            Err(source) if Some(i) == last_content => {
-                tracing::warn!(
-                    file = %path.display(),
-                    line = i + 1,
-                    error = %source,
-                    "dropping a torn or unparsable last line (the item will be redone)"
-                );
-                dropped += 1;
-            }
-            Err(error) => {
-                return Err(StoreError::Parse { path: path.to_path_buf(), line: i + 1, error });
-            }
-        }
-    }
-
-    Ok(Parsed { records, dropped, keep_len, missing_newline })
-}
-
 /// The answers stored in a run folder, read without creating, repairing or locking anything.
 pub fn read_answers(run_dir: &Path) -> Result<BTreeMap<u32, AnswerRecord>, StoreError> {
     let path = run_dir.join(ANSWERS_FILE);
@@ -419,175 +208,11 @@ pub fn read_answers(run_dir: &Path) -> Result<BTreeMap<u32, AnswerRecord>, Store
     Ok(parse_jsonl(&data, &path, |r: &AnswerRecord| r.id)?.records)
 }
 
-/// Whether a provenance read back from disk equals the current one.
-///
-/// serde_json's default float parser may land one ulp off on long decimals (e.g. a computed
-/// `0.9544127391902996` reads back as `...995`), so when the plain comparison fails, the current
-/// provenance is compared once more after the same JSON round trip the stored one went through.
-pub fn same_provenance<T>(stored: &T, current: &T) -> bool
-where
-    T: PartialEq + Serialize + DeserializeOwned,
-{
-    stored == current
-        || serde_json::to_string(current)
-            .ok()
-            .and_then(|json| serde_json::from_str::<T>(&json).ok())
-            .is_some_and(|round_tripped| round_tripped == *stored)
-}
-
-/// Whether a stored answer was produced with exactly the provenance `prov` (the rule the run's
-/// reuse and the report's status share).
-pub fn answer_is_current(record: &AnswerRecord, prov: &AnswerProvenance) -> bool {
-    same_provenance(&record.provenance, prov)
-}
-
-/// Whether a stored verdict judged this very answer text (same SHA-256) with exactly the
-/// provenance `prov`, whatever its outcome.
-pub fn verdict_is_current(record: &VerdictRecord, answer: &str, prov: &JudgeProvenance) -> bool {
-    record.answer_sha256 == sha256_hex(answer) && same_provenance(&record.provenance, prov)
-}
-
-/// The stored answer for `id`, if it may stand for a new generation: it is ok and
-/// [current](answer_is_current).
-pub fn reusable_answer<'a>(stored: &'a Stored, id: u32, prov: &AnswerProvenance) -> Option<&'a str> {
-    let record = stored.answers.get(&id)?;
-    answer_is_current(record, prov).then(|| record.outcome.answer()).flatten()
-}
-
-/// The stored verdict for `id`, if it may stand for a new judgement of `answer`: it is ok and
-/// [current](verdict_is_current). Errors, judge refusals included, are never reused.
-pub fn reusable_verdict<'a>(
-    stored: &'a Stored,
-    id: u32,
-    answer: &str,
-    prov: &JudgeProvenance,
-) -> Option<&'a VerdictRecord> {
-    let record = stored.verdicts.get(&id)?;
-    let reusable = matches!(record.outcome, VerdictOutcome::Ok { .. }) && verdict_is_current(record, answer, prov);
-    reusable.then_some(record)
-}
-
-/// The hash of what an item gives the model and the judge: its question text and the SHA-256 of
-/// its image file's bytes. A stored answer or verdict whose hash differs was made for another
-/// question or image.
-pub fn input_sha256(question: &str, image_sha256: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"vlsbench-input-v1\0question\0");
-    h.update((question.len() as u64).to_le_bytes());
-    h.update(question.as_bytes());
-    h.update(b"\0image-sha256\0");
-    h.update(image_sha256.as_bytes());
-    hex::encode(h.finalize())
-}
-
-/// What [`Stored::forget_stale`] dropped, by id.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Stale {
-    /// Answers whose question or image changed since they were generated.
-    pub answers_changed: Vec<u32>,
-    /// Answers written before input hashes were recorded.
-    pub answers_unhashed: Vec<u32>,
-    /// Verdicts whose question or image changed since they were judged.
-    pub verdicts_changed: Vec<u32>,
-    /// Verdicts written before input hashes were recorded.
-    pub verdicts_unhashed: Vec<u32>,
-}
-
-impl Stale {
-    /// Items whose stored results were dropped.
-    pub fn items(&self) -> std::collections::BTreeSet<u32> {
-        [&self.answers_changed, &self.answers_unhashed, &self.verdicts_changed, &self.verdicts_unhashed]
-            .into_iter()
-            .flatten()
-            .copied()
-            .collect()
-    }
-
-    /// Logs what was dropped and why, one line per reason.
-    pub fn log(&self) {
-        let ids = |v: &[u32]| crate::fsread::list_ids(v, 10);
-        if !self.answers_changed.is_empty() {
-            tracing::warn!(
-                "{} item(s) changed (question or image) since their answers were stored: generating them again ({})",
-                self.answers_changed.len(),
-                ids(&self.answers_changed)
-            );
-        }
-        if !self.answers_unhashed.is_empty() {
-            tracing::warn!(
-                "{} stored answer(s) do not record what the model was given (written by an older vlsbench-host): \
-                 treated as changed and generated again ({})",
-                self.answers_unhashed.len(),
-                ids(&self.answers_unhashed)
-            );
-        }
-        let verdicts_only: Vec<u32> =
-            self.verdicts_changed.iter().filter(|id| !self.answers_changed.contains(id)).copied().collect();
-        if !verdicts_only.is_empty() {
-            tracing::warn!(
-                "{} item(s) changed since their verdicts were stored: judging them again ({})",
-                verdicts_only.len(),
-                ids(&verdicts_only)
-            );
-        }
-        if !self.verdicts_unhashed.is_empty() && self.answers_unhashed.is_empty() {
-            tracing::warn!(
-                "{} stored verdict(s) do not record what the judge was given (older vlsbench-host): judging again ({})",
-                self.verdicts_unhashed.len(),
-                ids(&self.verdicts_unhashed)
-            );
-        }
-    }
-}
-
-impl Stored {
-    /// Drops every stored answer and verdict of an item in `inputs` (id → the current
-    /// [`input_sha256`]) whose recorded input hash differs from the current one or is absent, so
-    /// that it is made again; says what it dropped. Records of ids not in `inputs` are kept.
-    pub fn forget_stale(&mut self, inputs: &BTreeMap<u32, String>) -> Stale {
-        let mut stale = Stale::default();
-        let classify = |id: &u32, recorded: &Option<String>| -> Option<bool> {
-            let current = inputs.get(id)?;
-            match recorded {
-                Some(h) if h == current => None,
-                Some(_) => Some(true),
-                None => Some(false),
-            }
-        };
-        self.answers.retain(|id, r| match classify(id, &r.input_sha256) {
-            None => true,
-            Some(true) => {
-                stale.answers_changed.push(*id);
-                false
-            }
-            Some(false) => {
-                stale.answers_unhashed.push(*id);
-                false
-            }
-        });
-        self.verdicts.retain(|id, r| match classify(id, &r.input_sha256) {
-            None => true,
-            Some(true) => {
-                stale.verdicts_changed.push(*id);
-                false
-            }
-            Some(false) => {
-                stale.verdicts_unhashed.push(*id);
-                false
-            }
-        });
-        stale
-    }
-}
-
-/// SHA-256 of the UTF-8 bytes of `s`, as 64 lowercase hex digits.
-pub fn sha256_hex(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
-}
-
 /// Sample provenances shared by the store's and the report's unit tests.
 #[cfg(test)]
 pub(crate) mod test_samples {
+    use vlsbench_plugin_api::types::GenerationSettings;
+
     use super::*;
 
     pub(crate) fn model_prov() -> AnswerProvenance {
@@ -618,6 +243,8 @@ pub(crate) mod test_samples {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use vlsbench_plugin_api::types::Label;
 
     use super::test_samples::{judge_prov, model_prov};
     use super::*;
