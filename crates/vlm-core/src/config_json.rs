@@ -21,7 +21,8 @@ pub enum ConfigError {
 
 /// A JSON file, parsed.
 pub fn read_json(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+    let text =
+        crate::fsread::read_small_text(path).map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
     serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: path.to_owned(), source })
 }
 

@@ -42,6 +42,7 @@ pub mod batch;
 pub mod bench;
 pub mod config_json;
 pub mod error;
+pub mod fsread;
 pub mod generation;
 pub mod greedy;
 pub mod image;

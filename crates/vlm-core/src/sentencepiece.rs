@@ -692,7 +692,8 @@ impl SentencePieceModel {
 
 /// Reads a `.model` file into its protobuf.
 pub fn read_model_proto(path: &Path) -> Result<proto::ModelProto, SentencePieceError> {
-    let bytes = std::fs::read(path).map_err(|e| SentencePieceError::Read { path: path.to_owned(), source: e })?;
+    let bytes =
+        crate::fsread::read_small(path).map_err(|e| SentencePieceError::Read { path: path.to_owned(), source: e })?;
     proto::ModelProto::decode(bytes.as_slice())
         .map_err(|e| SentencePieceError::Protobuf { path: path.to_owned(), source: e })
 }

@@ -26,7 +26,8 @@ pub enum PromptError {
 }
 
 pub(crate) fn read(path: &Path) -> Result<String, PromptError> {
-    std::fs::read_to_string(path).map_err(|e| PromptError::Read { path: path.to_owned(), message: e.to_string() })
+    crate::fsread::read_small_text(path)
+        .map_err(|e| PromptError::Read { path: path.to_owned(), message: e.to_string() })
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<Value, PromptError> {

@@ -19,7 +19,9 @@ impl PromptTokenizer {
         if !p.is_file() {
             return Err(PromptError::Read { path: p, message: "missing (a tokenizer.json is needed)".into() });
         }
-        let tokenizer = tokenizers::Tokenizer::from_file(&p)
+        let bytes =
+            crate::fsread::read_small(&p).map_err(|e| PromptError::Read { path: p.clone(), message: e.to_string() })?;
+        let tokenizer = tokenizers::Tokenizer::from_bytes(&bytes)
             .map_err(|e| PromptError::Read { path: p.clone(), message: e.to_string() })?;
         Ok(Self { tokenizer })
     }

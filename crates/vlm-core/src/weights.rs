@@ -32,7 +32,8 @@ pub enum WeightFiles {
 
 /// The files an index's `weight_map` names, each checked to exist.
 fn indexed_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index).map_err(|e| ModelError::Load(format!("{}: {e}", index.display())))?;
+    let text =
+        crate::fsread::read_small_text(index).map_err(|e| ModelError::Load(format!("{}: {e}", index.display())))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::Load(format!("{}: {e}", index.display())))?;
     let map = v
         .get("weight_map")
