@@ -65,9 +65,11 @@ pub fn prepare(manifest: LoadedManifest, opts: &RunOptions) -> anyhow::Result<Pr
     };
     let limits = judge_limits(&m.judge);
     // A judge built on WIT 0.2.0 or later says now whether it accepts its config, instead of
-    // failing every item.
+    // failing every item. This is the host's own pre-flight call, so it runs under the default
+    // limits: the manifest's `[judge.limits]` govern the item calls (and a limit of 0 there is a
+    // warning of its own, not a config error).
     judge
-        .check_config(&judge_config_text(&judge_provenance), &limits)
+        .check_config(&judge_config_text(&judge_provenance), &JudgeLimits::default())
         .with_context(|| format!("{} of judge {} {}", at("[judge.config]"), info.name, info.version))?;
     Ok(Prepared {
         manifest,

@@ -222,7 +222,9 @@ fn validate_accepts_the_llava_hf_example_once_its_paths_exist() {
     let ck = fixtures().join("checkpoints/llava_hf");
     let text = text.replace("\"/path/to/llava-1.5-7b-hf\"", &format!("{:?}", ck.display().to_string()));
     std::fs::write(&path, text).unwrap();
+    // The example's judge model reads its key from OPENAI_API_KEY, which validate checks is set.
     host([OsString::from("validate"), path.into()])
+        .env("OPENAI_API_KEY", "sk-test-not-a-real-key")
         .output()
         .success()
         .stdout_has("arch llava_hf → backend candle-llava");
