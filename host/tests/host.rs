@@ -1131,3 +1131,28 @@ fn fail_on_unscored_makes_an_unscored_item_a_nonzero_exit() {
     outcome.success();
     assert_eq!(RunDir(dir).summary()["overall"]["judged"], 6, "{}", outcome.report());
 }
+
+#[test]
+fn a_manifest_named_by_a_relative_path_finds_its_answers_file_once() {
+    // The export macro resolves path options against the manifest's folder; the answers-file
+    // backend resolves its path again. With a relative manifest folder that once gave
+    // `demo/demo/answers.jsonl`.
+    let tmp = tempdir();
+    let demo = tmp.path().join("demo");
+    std::fs::create_dir_all(demo.join("imgs")).unwrap();
+    let src = workspace().join("examples/demo");
+    for f in ["data.json", "answers.jsonl"] {
+        std::fs::copy(src.join(f), demo.join(f)).unwrap();
+    }
+    for e in std::fs::read_dir(src.join("imgs")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), demo.join("imgs").join(e.file_name())).unwrap();
+    }
+    let toml = std::fs::read_to_string(src.join("demo.toml")).unwrap().replace("../../outputs", "out");
+    std::fs::write(demo.join("demo.toml"), toml).unwrap();
+    host([OsString::from("run"), OsString::from("demo/demo.toml")])
+        .current_dir(tmp.path())
+        .output()
+        .success()
+        .stdout_has("11 of 12 selected items judged");
+}

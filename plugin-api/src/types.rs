@@ -502,13 +502,18 @@ impl BackendConfig {
     }
 
     /// Resolves, in place, the string options named in `path_options` against the manifest's
-    /// folder (the export macro does this before [`crate::Backend::create`]).
+    /// folder (the export macro does this before [`crate::Backend::create`]). The result is
+    /// absolute (against the current folder when the manifest's folder is relative), so a backend
+    /// that resolves the option again with [`BackendConfig::resolve`] gets the same path, not the
+    /// manifest's folder twice.
     pub fn resolve_path_options(&mut self, path_options: &[String]) {
         let base_dir = self.base_dir.clone();
         let Some(table) = self.options.as_object_mut() else { return };
         for key in path_options {
             if let Some(serde_json::Value::String(path)) = table.get_mut(key) {
-                *path = resolve_path(&base_dir, &*path).to_string_lossy().into_owned();
+                let resolved = resolve_path(&base_dir, &*path);
+                let resolved = std::path::absolute(&resolved).unwrap_or(resolved);
+                *path = resolved.to_string_lossy().into_owned();
             }
         }
     }
@@ -666,6 +671,17 @@ mod tests {
         c.resolve_path_options(&["path".to_owned()]);
         assert_eq!(c.options["path"], "/manifests/answers.jsonl");
         assert_eq!(resolve_path(Path::new("/b"), "/abs/p"), PathBuf::from("/abs/p"));
+    }
+
+    #[test]
+    fn a_path_option_under_a_relative_manifest_folder_resolves_once_however_often_it_is_resolved() {
+        let mut c = config(serde_json::json!({"path": "answers.jsonl"}));
+        c.base_dir = PathBuf::from("examples/demo");
+        c.resolve_path_options(&["path".to_owned()]);
+        let once = PathBuf::from(c.options["path"].as_str().unwrap_or_default());
+        let cwd = std::env::current_dir().unwrap_or_default();
+        assert_eq!(once, cwd.join("examples/demo/answers.jsonl"));
+        assert_eq!(c.resolve(&once), once, "a backend resolving it again gets the same path");
     }
 
     #[test]

@@ -381,6 +381,13 @@ impl Host {
         self
     }
 
+    /// Runs the command in folder `d` (for manifests named by a relative path).
+    pub fn current_dir(mut self, d: &Path) -> Self {
+        self.text = format!("(cd {} && {})", d.display(), self.text);
+        self.cmd.current_dir(d);
+        self
+    }
+
     pub fn env_remove(mut self, k: &str) -> Self {
         self.cmd.env_remove(k);
         self
