@@ -256,6 +256,36 @@ pub fn main_with(
     if summary.iter().all(|s| s.ends_with("PASS")) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
+/// `parity_<family> bench ARGS`: runs the family's bench code (`bench_<family>` ARGS) so one
+/// binary per family travels to a GPU machine; `None` when the first argument is not `bench`.
+pub fn bench_subcommand(
+    family: &str,
+    run: impl FnOnce(crate::bench::BenchArgs) -> crate::bench::BenchResult<()>,
+) -> Option<ExitCode> {
+    if std::env::args().nth(1).as_deref() != Some("bench") {
+        return None;
+    }
+    Some(match crate::bench::BenchArgs::parse(std::env::args().skip(2)).and_then(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench_{family}: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// The backend config of a fixture checkpoint on the run's device, in `dtype`, without options.
+pub fn fixture_config(args: &ParityArgs, ck: &ParityCheckpoint, dtype: &str) -> vlsbench_plugin_api::BackendConfig {
+    vlsbench_plugin_api::BackendConfig {
+        arch: ck.arch.into(),
+        checkpoint: Some(format!("checkpoints/{}", ck.name)),
+        device: Some(args.device.clone()),
+        dtype: Some(dtype.into()),
+        options: Value::Null,
+        base_dir: args.fixtures.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

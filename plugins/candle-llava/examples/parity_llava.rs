@@ -7,9 +7,9 @@
 
 use std::process::ExitCode;
 
-use vlm_core::parity_run::{ParityCheckpoint, case_request, cases, golden, main_with};
+use vlm_core::parity_run::{ParityCheckpoint, case_request, cases, fixture_config, golden, main_with};
 use vlsbench_backend_candle_llava::CandleLlava;
-use vlsbench_plugin_api::{Backend, BackendConfig};
+use vlsbench_plugin_api::Backend;
 
 const CHECKPOINTS: [ParityCheckpoint; 5] = [
     ParityCheckpoint { name: "llava_hf", arch: "llava_hf" },
@@ -25,24 +25,11 @@ const CHECKPOINTS: [ParityCheckpoint; 5] = [
 mod bench;
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("bench") {
-        return match vlm_core::bench::BenchArgs::parse(std::env::args().skip(2)).and_then(bench::run) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("bench_llava: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(code) = vlm_core::parity_run::bench_subcommand("llava", bench::run) {
+        return code;
     }
     main_with("llava", &CHECKPOINTS, |args, ck, dtype, report| {
-        let b = CandleLlava::create(BackendConfig {
-            arch: ck.arch.into(),
-            checkpoint: Some(format!("checkpoints/{}", ck.name)),
-            device: Some(args.device.clone()),
-            dtype: Some(dtype.into()),
-            options: serde_json::Value::Null,
-            base_dir: args.fixtures.clone(),
-        })?;
+        let b = CandleLlava::create(fixture_config(args, &ck, dtype))?;
         let layout = CandleLlava::describe().message_layout(ck.arch);
         let g = golden(&args.fixtures, ck.name)?;
         for case in cases(&g) {

@@ -6,10 +6,10 @@
 
 use std::process::ExitCode;
 
-use vlm_core::parity_run::{ParityCheckpoint, case_request, cases, golden, ids, main_with};
+use vlm_core::parity_run::{ParityCheckpoint, case_request, cases, fixture_config, golden, ids, main_with};
 use vlsbench_backend_candle_mllama::CandleMllama;
 use vlsbench_backend_candle_mllama::processor::ProcessedImage;
-use vlsbench_plugin_api::{Backend, BackendConfig};
+use vlsbench_plugin_api::Backend;
 
 const ARCH: &str = "mllama";
 const CHECKPOINTS: [ParityCheckpoint; 2] =
@@ -21,24 +21,11 @@ const CHECKPOINTS: [ParityCheckpoint; 2] =
 mod bench;
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("bench") {
-        return match vlm_core::bench::BenchArgs::parse(std::env::args().skip(2)).and_then(bench::run) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("bench_mllama: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    if let Some(code) = vlm_core::parity_run::bench_subcommand("mllama", bench::run) {
+        return code;
     }
     main_with("mllama", &CHECKPOINTS, |args, ck, dtype, report| {
-        let b = CandleMllama::create(BackendConfig {
-            arch: ck.arch.into(),
-            checkpoint: Some(format!("checkpoints/{}", ck.name)),
-            device: Some(args.device.clone()),
-            dtype: Some(dtype.into()),
-            options: serde_json::Value::Null,
-            base_dir: args.fixtures.clone(),
-        })?;
+        let b = CandleMllama::create(fixture_config(args, &ck, dtype))?;
         let layout = CandleMllama::describe().message_layout(ck.arch);
         let g = golden(&args.fixtures, ck.name)?;
         for case in cases(&g) {
