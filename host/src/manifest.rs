@@ -230,7 +230,11 @@ impl RunSection {
 #[derive(Debug, Clone)]
 pub struct LoadedManifest {
     pub path: PathBuf,
-    /// The manifest's folder.
+    /// What error messages call this manifest: its path, or for a re-judging run the run's copy
+    /// and the file the new `[judge]` came from.
+    pub origin: String,
+    /// The manifest's folder, absolute and canonical (what backends get as
+    /// `BackendConfig::base_dir`, and what every relative path in the manifest starts from).
     pub base_dir: PathBuf,
     /// The file's text, copied into the run folder.
     pub text: String,
@@ -247,12 +251,10 @@ impl LoadedManifest {
     /// Parses and checks manifest text that came from `path`.
     pub fn from_text(path: &Path, text: String) -> Result<Self, ManifestError> {
         let manifest: Manifest = parse_toml(path, &text)?;
-        let base_dir = path
-            .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
-        let loaded = Self { path: path.to_path_buf(), base_dir, text, manifest };
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base_dir = parent.canonicalize().or_else(|_| std::path::absolute(parent)).unwrap_or(parent.to_path_buf());
+        let origin = path.display().to_string();
+        let loaded = Self { path: path.to_path_buf(), origin, base_dir, text, manifest };
         loaded.check()?;
         Ok(loaded)
     }

@@ -30,7 +30,7 @@ pub mod prepare;
 pub mod progress;
 pub mod retry;
 
-pub use prepare::{Prepared, answer_provenance, check_local_paths, judge_limits, prepare};
+pub use prepare::{AnswerSource, Prepared, answer_provenance, check_local_paths, judge_limits, prepare, prepare_with};
 pub use progress::Progress;
 pub use retry::RetryPolicy;
 

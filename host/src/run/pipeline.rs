@@ -90,7 +90,8 @@ pub(super) struct Pipeline<'a> {
     prepared: &'a Prepared,
     store: &'a Store,
     stored: &'a Stored,
-    model: LazyBackend,
+    /// The model under test; `None` when re-judging stored answers.
+    model: Option<LazyBackend>,
     judge_model: Option<LazyBackend>,
     judge_settings: GenerationSettings,
     judge_config: String,
@@ -124,10 +125,12 @@ impl<'a> Pipeline<'a> {
             prepared,
             store,
             stored,
-            model: LazyBackend::new(
-                prepared.model_library.clone().with_call_timeout(&m.manifest.model),
-                backend_config(&m.manifest.model, base_dir),
-            ),
+            model: prepared.model_library.as_ref().map(|lib| {
+                LazyBackend::new(
+                    lib.clone().with_call_timeout(&m.manifest.model),
+                    backend_config(&m.manifest.model, base_dir),
+                )
+            }),
             judge_model: judge_model
                 .map(|(jm, lib)| LazyBackend::new(lib.clone().with_call_timeout(jm), backend_config(jm, base_dir))),
             judge_settings: m.manifest.judge.model.as_ref().map(|jm| jm.generation.clone()).unwrap_or_default(),
@@ -135,10 +138,18 @@ impl<'a> Pipeline<'a> {
             policy: RetryPolicy::from_manifest(m),
             cancel,
             progress: Progress::default(),
-            judge_only,
+            judge_only: judge_only || prepared.model_library.is_none(),
             answers: Mutex::new(BTreeMap::new()),
             verdicts: Mutex::new(BTreeMap::new()),
             fatal: Mutex::new(None),
+        }
+    }
+
+    /// The model under test, created on first use.
+    fn model_backend(&self) -> Result<&Backend, BackendError> {
+        match &self.model {
+            Some(model) => model.get(),
+            None => Err(BackendError::bad_config("no model backend: this run only judges stored answers")),
         }
     }
 
@@ -161,7 +172,7 @@ impl<'a> Pipeline<'a> {
         let total = items.len();
         let workers = self.prepared.manifest.manifest.run.concurrency.min(total).max(1);
         // Items go to the model in batches as large as the backend accepts (1 when it batches nothing).
-        let max_batch = self.prepared.model_library.info.max_batch.max(1) as usize;
+        let max_batch = self.prepared.model_library.as_ref().map_or(1, |l| l.info.max_batch.max(1)) as usize;
         let batch_size = max_batch.min(total.div_ceil(workers).max(1));
         let bar = progress_bar(total as u64, show_progress);
         bar.set_position(0);
@@ -261,7 +272,8 @@ impl<'a> Pipeline<'a> {
     /// The requests of `items`, laid out as the backend declares for the arch.
     fn requests(&self, items: &[&Item]) -> anyhow::Result<Vec<GenerateRequest>> {
         let p = self.prepared;
-        let layout = p.model_library.info.message_layout(&p.manifest.manifest.model.arch);
+        let library = p.model_library.as_ref().context("no model backend: this run only judges stored answers")?;
+        let layout = library.info.message_layout(&p.manifest.manifest.model.arch);
         items
             .iter()
             .map(|item| {
@@ -284,7 +296,7 @@ impl<'a> Pipeline<'a> {
         }
         let all = |e: BackendError, n| requests.iter().map(|_| Some((Err(e.clone()), n))).collect();
         match with_retries(&self.policy, &self.cancel, &self.progress, || {
-            self.model.get().and_then(|b| b.generate(requests))
+            self.model_backend().and_then(|b| b.generate(requests))
         }) {
             Tried::Done(Ok(rs), n) if rs.len() == requests.len() => {
                 Some(rs.into_iter().map(|r| Some((r, n))).collect())
@@ -312,7 +324,7 @@ impl<'a> Pipeline<'a> {
             None => 0,
         };
         match with_retries(&self.policy, &self.cancel, &self.progress, || {
-            self.model.get().and_then(|b| b.generate_one(request))
+            self.model_backend().and_then(|b| b.generate_one(request))
         }) {
             Tried::Done(result, n) => Some((result, tries_so_far + n)),
             Tried::Cancelled => None,

@@ -1,6 +1,7 @@
 //! Preparing a run: the manifest's dataset, backends and judge resolved and checked before any
 //! item runs (`validate` stops here). Nothing is generated or judged.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,13 +13,17 @@ use crate::backend::{self, BackendLibrary};
 use crate::dataset::{self, Dataset, Filters};
 use crate::judge::{Grants, JudgeComponent, JudgeEngine, JudgeInfo, JudgeLimits, find_judge};
 use crate::manifest::{Capability, JudgeSection, LoadedManifest, ModelSection};
-use crate::store::{self, AnswerProvenance, JudgeProvenance};
+use crate::store::{self, AnswerProvenance, AnswerRecord, JudgeProvenance};
 
 /// Everything a run needs, resolved and checked, before any item runs. `validate` stops here.
 pub struct Prepared {
     pub manifest: LoadedManifest,
     pub dataset: Dataset,
-    pub model_library: BackendLibrary,
+    /// The model under test's backend; `None` when re-judging, where the stored answers stand for
+    /// the model and no backend is loaded.
+    pub model_library: Option<BackendLibrary>,
+    /// What made the answers: the backend's description and the manifest's model section, or,
+    /// when re-judging, the provenance the stored answers carry.
     pub model_provenance: AnswerProvenance,
     pub judge: JudgeComponent,
     pub judge_model_library: Option<BackendLibrary>,
@@ -28,19 +33,39 @@ pub struct Prepared {
     pub search_path: Vec<PathBuf>,
 }
 
+/// Where a run's answers come from.
+pub enum AnswerSource<'a> {
+    /// The backend the manifest's `[model]` names (loaded and checked here).
+    Backend,
+    /// Answers already stored (`judge RUN_DIR`): no backend is loaded, so re-judging needs neither
+    /// the model nor its plugin. The provenance is the one the selected items' answers carry.
+    Stored(&'a BTreeMap<u32, AnswerRecord>),
+}
+
 /// Resolves the manifest's dataset, backends and judge, and has the judge check its config;
 /// runs nothing.
 pub fn prepare(manifest: LoadedManifest, opts: &RunOptions) -> anyhow::Result<Prepared> {
+    prepare_with(manifest, opts, AnswerSource::Backend)
+}
+
+/// [`prepare`], with the answers taken from `source`.
+pub fn prepare_with(manifest: LoadedManifest, opts: &RunOptions, source: AnswerSource) -> anyhow::Result<Prepared> {
     let m = &manifest.manifest;
-    let at = |section: &str| format!("{}: {section}", manifest.path.display());
+    let at = |section: &str| format!("{}: {section}", manifest.origin);
     let dirs = backend::search_path(&opts.plugin_dirs);
     let dataset = dataset::load(&manifest.dataset_root(), &m.dataset.data_file, &Filters::from_section(&m.dataset))
         .with_context(|| at("[dataset]"))?;
     for w in &dataset.warnings {
         tracing::warn!("dataset: {w}");
     }
-    let model_library = find_backend(&m.model, &manifest.base_dir, &dirs).with_context(|| at("[model]"))?;
-    let model_provenance = answer_provenance(&model_library, &m.model, m.model.settings());
+    let (model_library, model_provenance) = match source {
+        AnswerSource::Backend => {
+            let library = find_backend(&m.model, &manifest.base_dir, &dirs).with_context(|| at("[model]"))?;
+            let provenance = answer_provenance(&library, &m.model, m.model.settings());
+            (Some(library), provenance)
+        }
+        AnswerSource::Stored(answers) => (None, stored_provenance(answers, &dataset)?),
+    };
 
     let engine = JudgeEngine::new(opts.cache_dir.clone()).context("cannot start the judge engine")?;
     let judge_path = find_judge(&m.judge.component, &manifest.base_dir, &dirs).with_context(|| at("[judge]"))?;
@@ -83,6 +108,32 @@ pub fn prepare(manifest: LoadedManifest, opts: &RunOptions) -> anyhow::Result<Pr
         limits,
         search_path: dirs,
     })
+}
+
+/// The provenance of the stored answers of the selected items: the one most of them carry. Answers
+/// made otherwise (an earlier configuration's, left in the file) are not judged, and a warning
+/// says how many.
+fn stored_provenance(answers: &BTreeMap<u32, AnswerRecord>, dataset: &Dataset) -> anyhow::Result<AnswerProvenance> {
+    let mut counts: Vec<(&AnswerProvenance, usize)> = Vec::new();
+    let selected = dataset.items.iter().filter_map(|i| answers.get(&i.instruction_id));
+    for record in selected.filter(|r| r.outcome.answer().is_some()) {
+        match counts.iter_mut().find(|(p, _)| **p == record.provenance) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&record.provenance, 1)),
+        }
+    }
+    counts.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+    let Some(&(provenance, _)) = counts.first() else {
+        bail!("no stored answer for any of the {} selected items: nothing to judge", dataset.items.len());
+    };
+    let others: usize = counts.iter().skip(1).map(|(_, n)| n).sum();
+    if others > 0 {
+        tracing::warn!(
+            "{others} stored answer(s) were made by another model configuration than the other {}; they are not judged",
+            counts[0].1
+        );
+    }
+    Ok(provenance.clone())
 }
 
 /// The config a judge is given: the manifest's `[judge.config]` as JSON text.
