@@ -44,10 +44,10 @@ pub enum BackendLoadError {
     AbiMismatch { path: PathBuf, plugin_major: u16, plugin_minor: u16, host_major: u16, host_minor: u16 },
     #[error("{path}: describe failed: {error}")]
     Describe { path: PathBuf, error: BackendError },
-    #[error("no backend for arch `{arch}` on the plugin path ({searched}); found: {found}")]
-    NoBackendForArch { arch: String, searched: String, found: String },
-    #[error("no backend named `{name}` on the plugin path ({searched}){broken}")]
-    NoBackendNamed { name: String, searched: String, broken: String },
+    #[error("no backend for arch `{arch}` on the plugin path ({searched}); found: {found}{misnamed}")]
+    NoBackendForArch { arch: String, searched: String, found: String, misnamed: Misnamed },
+    #[error("no backend named `{name}` on the plugin path ({searched}){broken}{misnamed}")]
+    NoBackendNamed { name: String, searched: String, broken: String, misnamed: Misnamed },
     #[error("backend {name} {version} ({path}) does not declare arch `{arch}` (it serves: {archs})")]
     ArchNotServed { name: String, version: String, path: PathBuf, arch: String, archs: String },
 }
@@ -267,6 +267,43 @@ pub fn library_files(dirs: &[PathBuf]) -> Vec<PathBuf> {
     })
 }
 
+/// Libraries on the search path that carry the backend entry point's name but whose file name is
+/// not a backend's (`libecho.so`), so discovery skips them. Said in `plugins` and in a "no backend"
+/// error, so a misnamed plugin is not ignored without a word. Found by reading each such file for
+/// the symbol's name (without loading it); files over 1 GiB are not read.
+pub fn misnamed_libraries(dirs: &[PathBuf]) -> Misnamed {
+    let symbol = ENTRY_SYMBOL.strip_suffix(b"\0").unwrap_or(ENTRY_SYMBOL);
+    let candidates = files_on_path(dirs, |name| {
+        let is_library = [".so", ".dylib", ".dll"].iter().any(|ext| name.ends_with(ext) || name.contains(".so."));
+        let stem = name.strip_prefix("lib").unwrap_or(name);
+        is_library && !stem.starts_with(LIBRARY_PREFIX)
+    });
+    let files = candidates
+        .into_iter()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() <= 1 << 30))
+        .filter(|p| std::fs::read(p).is_ok_and(|data| data.windows(symbol.len()).any(|w| w == symbol)))
+        .collect();
+    Misnamed(files)
+}
+
+/// Misnamed backend libraries ([`misnamed_libraries`]); displays as a sentence (empty when none).
+#[derive(Debug, Clone, Default)]
+pub struct Misnamed(pub Vec<PathBuf>);
+
+impl std::fmt::Display for Misnamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let files: Vec<String> = self.0.iter().map(|p| p.display().to_string()).collect();
+        write!(
+            f,
+            "; ignored {} (a backend's entry point is there, but a backend's file must be named lib{LIBRARY_PREFIX}<name>.so)",
+            files.join(", ")
+        )
+    }
+}
+
 /// Loads every backend library on the search path; failures are returned beside the successes.
 pub fn discover(dirs: &[PathBuf]) -> Vec<Result<BackendLibrary, BackendLoadError>> {
     library_files(dirs).iter().map(|p| load_library(p)).collect()
@@ -307,6 +344,7 @@ pub fn find(
                     name: name.to_string(),
                     searched: describe_dirs(dirs),
                     broken: broken.concat(),
+                    misnamed: misnamed_libraries(dirs),
                 }
             })?
         }
@@ -322,6 +360,7 @@ pub fn find(
                     arch: arch.to_string(),
                     searched: describe_dirs(dirs),
                     found: if found.is_empty() { "none".into() } else { found.join("; ") },
+                    misnamed: misnamed_libraries(dirs),
                 },
             );
         }

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use crate::backend;
+use crate::fsread::{FileKind, read_to_string};
 use crate::judge::JudgeEngine;
 use crate::manifest::{JudgeSection, LoadedManifest, parse_toml};
 use crate::run::{self, RunOptions};
@@ -19,22 +20,17 @@ use crate::run::{self, RunOptions};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Flags every subcommand takes, before or after its name.
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs a manifest: generate, judge, report. Run it again to resume.
-    Run {
-        manifest: PathBuf,
-        #[command(flatten)]
-        common: Common,
-    },
+    Run { manifest: PathBuf },
     /// Checks a manifest, its dataset and both plugins without running anything.
-    Validate {
-        manifest: PathBuf,
-        #[command(flatten)]
-        common: Common,
-    },
+    Validate { manifest: PathBuf },
     /// Judges the stored answers of a finished run with another judge, into a new run folder.
     Judge {
         /// A run folder (`<output_dir>/<run name>`).
@@ -45,31 +41,27 @@ pub enum Command {
         /// The new run's name (default: `<run name>--<judge component>`).
         #[arg(long)]
         name: Option<String>,
-        #[command(flatten)]
-        common: Common,
     },
     /// Lists the backends and judges on the plugin path, or describes one.
     Plugins {
         /// A backend or judge name to describe as JSON.
         name: Option<String>,
-        #[command(flatten)]
-        common: Common,
     },
 }
 
 #[derive(Debug, Args, Clone, Default)]
 pub struct Common {
     /// A folder to search for plugins first (repeatable); `VLSBENCH_PLUGIN_PATH` is searched next.
-    #[arg(long = "plugin-path", value_name = "DIR")]
+    #[arg(long = "plugin-path", value_name = "DIR", global = true)]
     pub plugin_path: Vec<PathBuf>,
     /// Where compiled judge components are cached.
-    #[arg(long, value_name = "DIR", env = "VLSBENCH_CACHE_DIR")]
+    #[arg(long, value_name = "DIR", env = "VLSBENCH_CACHE_DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
     /// Exit with status 2 when any selected item ends without a label.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub fail_on_unscored: bool,
     /// Never draw a progress bar.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub no_progress: bool,
 }
 
@@ -119,21 +111,22 @@ pub fn main() -> ExitCode {
 fn warn_manifest(loaded: &LoadedManifest) -> Vec<String> {
     let warnings = loaded.warnings();
     for w in &warnings {
-        tracing::warn!("{}: {w}", loaded.path.display());
+        tracing::warn!("{}: {w}", loaded.origin);
     }
     warnings
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let common = cli.common;
     match cli.command {
-        Command::Run { manifest, common } => {
+        Command::Run { manifest } => {
             let loaded = LoadedManifest::load(&manifest)?;
             warn_manifest(&loaded);
             run_loaded(loaded, common.options())
         }
-        Command::Validate { manifest, common } => validate(&manifest, &common),
-        Command::Judge { run_dir, judge, name, common } => rejudge(&run_dir, &judge, name, &common),
-        Command::Plugins { name, common } => plugins(name.as_deref(), &common),
+        Command::Validate { manifest } => validate(&manifest, &common),
+        Command::Judge { run_dir, judge, name } => rejudge(&run_dir, &judge, name, &common),
+        Command::Plugins { name } => plugins(name.as_deref(), &common),
     }
 }
 
@@ -156,8 +149,12 @@ fn install_ctrl_c(cancel: Arc<AtomicBool>) {
 }
 
 fn run_loaded(loaded: LoadedManifest, opts: RunOptions) -> anyhow::Result<ExitCode> {
-    let fail_on_unscored = opts.fail_on_unscored || loaded.manifest.run.fail_on_unscored;
     let prepared = run::prepare(loaded, &opts)?;
+    execute_prepared(prepared, opts)
+}
+
+fn execute_prepared(prepared: run::Prepared, opts: RunOptions) -> anyhow::Result<ExitCode> {
+    let fail_on_unscored = opts.fail_on_unscored || prepared.manifest.manifest.run.fail_on_unscored;
     let cancel = Arc::new(AtomicBool::new(false));
     install_ctrl_c(cancel.clone());
     let outcome = run::execute(&prepared, &opts, cancel)?;
@@ -199,15 +196,16 @@ fn validate(path: &Path, common: &Common) -> anyhow::Result<ExitCode> {
     for w in &ds.warnings {
         println!("  warning: {w}");
     }
-    let lib = &p.model_library;
-    println!(
-        "model      arch {} → backend {} (ABI {}.{}, {})",
-        m.manifest.model.arch,
-        lib.label(),
-        lib.abi.0,
-        lib.abi.1,
-        lib.path.display()
-    );
+    if let Some(lib) = &p.model_library {
+        println!(
+            "model      arch {} → backend {} (ABI {}.{}, {})",
+            m.manifest.model.arch,
+            lib.label(),
+            lib.abi.0,
+            lib.abi.1,
+            lib.path.display()
+        );
+    }
     let info = p.judge.info();
     println!(
         "judge      {} {} ({}; sha256 {}…)",
@@ -239,31 +237,10 @@ struct JudgeFile {
 }
 
 /// Re-judges a run's stored answers: a new run folder whose manifest is the old one with `[judge]`
-/// replaced, seeded with the old answers; the model is never called.
+/// replaced, seeded with the old answers. The model is never called and its backend never loaded,
+/// and everything is checked (dataset, judge, its config) before the new folder is created.
 fn rejudge(run_dir: &Path, judge_file: &Path, name: Option<String>, common: &Common) -> anyhow::Result<ExitCode> {
-    use crate::fsread::{FileKind, read_to_string};
-    let manifest_copy = run_dir.join("manifest.toml");
-    let old_text = read_to_string(&manifest_copy, FileKind::Manifest)
-        .with_context(|| format!("{} is not a run folder (no readable manifest.toml)", run_dir.display()))?;
-    let run_info: serde_json::Value = read_to_string(&run_dir.join("run.json"), FileKind::RunInfo)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    // Nothing to judge: say so before creating anything.
-    let stored = crate::store::read_answers(run_dir)?;
-    if !stored.values().any(|a| a.outcome.answer().is_some()) {
-        bail!(
-            "{} holds no answer to judge ({} is empty or has only errors); run the manifest first",
-            run_dir.display(),
-            run_dir.join(crate::store::ANSWERS_FILE).display()
-        );
-    }
-    let base_dir = run_info
-        .get("manifest_base_dir")
-        .and_then(|v| v.as_str())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| run_dir.to_path_buf());
-
+    let source = SourceRun::read(run_dir)?;
     let judge_text = read_to_string(judge_file, FileKind::Manifest)?;
     let parsed: JudgeFile = parse_toml(judge_file, &judge_text)?;
     let mut judge = parsed.judge;
@@ -272,40 +249,89 @@ fn rejudge(run_dir: &Path, judge_file: &Path, name: Option<String>, common: &Com
     if crate::judge::discovery::names_a_file(&judge.component) {
         judge.component = vlsbench_plugin_api::resolve_path(&judge_dir, &judge.component).display().to_string();
     }
-
-    let mut table: toml::Table = toml::from_str(&old_text).context("the run's manifest.toml is not valid TOML")?;
-    let judge_value = toml::Value::try_from(&judge).context("cannot serialise [judge]")?;
-    table.insert("judge".into(), judge_value);
-    let source_name = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
     let new_name = name.unwrap_or_else(|| {
         let j = Path::new(&judge.component).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        format!("{source_name}--{}", j.trim_start_matches("vlsbench_judge_"))
+        format!("{}--{}", source.name, j.trim_start_matches("vlsbench_judge_"))
     });
-    let parent = run_dir.canonicalize().unwrap_or_else(|_| run_dir.to_path_buf());
-    let parent = parent.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let run = table.entry("run").or_insert_with(|| toml::Value::Table(Default::default()));
-    if let Some(run) = run.as_table_mut() {
-        run.insert("name".into(), toml::Value::String(new_name.clone()));
-        run.insert("output_dir".into(), toml::Value::String(parent.display().to_string()));
+    if new_name == source.name {
+        bail!("the new run name must differ from {}", source.name);
     }
-    let new_text = toml::to_string_pretty(&table).context("cannot write the new manifest")?;
-    let new_dir = parent.join(&new_name);
-    if new_dir == parent.join(&source_name) {
-        bail!("the new run name must differ from {source_name}");
-    }
-    let mut loaded = LoadedManifest::from_text(&new_dir.join("manifest.toml"), new_text)?;
-    loaded.base_dir = base_dir;
+    let new_dir = source.parent.join(&new_name);
+    let mut loaded = source.manifest_with(&judge, &new_name)?;
+    loaded.origin = format!("{} with [judge] from {}", loaded.origin, judge_file.display());
+    loaded.path = new_dir.join("manifest.toml");
     warn_manifest(&loaded);
 
+    let mut opts = common.options();
+    opts.judge_only = true;
+    let prepared = run::prepare_with(loaded, &opts, run::AnswerSource::Stored(&source.answers))?;
     std::fs::create_dir_all(&new_dir).with_context(|| format!("cannot create {}", new_dir.display()))?;
     let answers = new_dir.join(crate::store::ANSWERS_FILE);
     if !answers.exists() {
         std::fs::copy(run_dir.join(crate::store::ANSWERS_FILE), &answers)
             .with_context(|| format!("cannot copy the answers of {}", run_dir.display()))?;
     }
-    let mut opts = common.options();
-    opts.judge_only = true;
-    run_loaded(loaded, opts)
+    execute_prepared(prepared, opts)
+}
+
+/// A finished run folder, as `judge RUN_DIR` reads it.
+struct SourceRun {
+    /// The folder's name (the run's name).
+    name: String,
+    /// The folder holding it, where the re-judged run goes too.
+    parent: PathBuf,
+    /// Its copy of the manifest.
+    manifest_copy: PathBuf,
+    manifest_text: String,
+    /// Where the original manifest's relative paths started (from `run.json`).
+    base_dir: PathBuf,
+    answers: std::collections::BTreeMap<u32, crate::store::AnswerRecord>,
+}
+
+impl SourceRun {
+    /// Reads `run_dir`'s manifest copy, `run.json` and answers; refuses a folder with no answer.
+    fn read(run_dir: &Path) -> anyhow::Result<Self> {
+        let dir = run_dir.canonicalize().with_context(|| format!("no run folder {}", run_dir.display()))?;
+        let manifest_copy = dir.join("manifest.toml");
+        let manifest_text = read_to_string(&manifest_copy, FileKind::Manifest)
+            .with_context(|| format!("{} is not a run folder (no readable manifest.toml)", run_dir.display()))?;
+        let run_info: serde_json::Value = read_to_string(&dir.join("run.json"), FileKind::RunInfo)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let answers = crate::store::read_answers(&dir)?;
+        if !answers.values().any(|a| a.outcome.answer().is_some()) {
+            bail!(
+                "{} holds no answer to judge ({} is empty or has only errors); run the manifest first",
+                run_dir.display(),
+                dir.join(crate::store::ANSWERS_FILE).display()
+            );
+        }
+        let base_dir = run_info
+            .get("manifest_base_dir")
+            .and_then(|v| v.as_str())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.clone());
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+        let parent = dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        Ok(Self { name, parent, manifest_copy, manifest_text, base_dir, answers })
+    }
+
+    /// The run's manifest with `[judge]` replaced and the run named `new_name` beside this one.
+    fn manifest_with(&self, judge: &JudgeSection, new_name: &str) -> anyhow::Result<LoadedManifest> {
+        let mut table: toml::Table = toml::from_str(&self.manifest_text)
+            .with_context(|| format!("{} is not valid TOML", self.manifest_copy.display()))?;
+        table.insert("judge".into(), toml::Value::try_from(judge).context("cannot serialise [judge]")?);
+        let run = table.entry("run").or_insert_with(|| toml::Value::Table(Default::default()));
+        if let Some(run) = run.as_table_mut() {
+            run.insert("name".into(), toml::Value::String(new_name.to_owned()));
+            run.insert("output_dir".into(), toml::Value::String(self.parent.display().to_string()));
+        }
+        let text = toml::to_string_pretty(&table).context("cannot write the new manifest")?;
+        let mut loaded = LoadedManifest::from_text(&self.manifest_copy, text)?;
+        loaded.base_dir = self.base_dir.clone();
+        Ok(loaded)
+    }
 }
 
 fn plugins(name: Option<&str>, common: &Common) -> anyhow::Result<ExitCode> {
@@ -313,35 +339,60 @@ fn plugins(name: Option<&str>, common: &Common) -> anyhow::Result<ExitCode> {
     let engine = JudgeEngine::new(common.cache_dir.clone()).context("cannot start the judge engine")?;
     let backends = backend::discover(&dirs);
     let judges: Vec<_> = crate::judge::judge_files(&dirs).into_iter().map(|p| (p.clone(), engine.load(&p))).collect();
-    if let Some(name) = name {
-        if let Some(lib) = backends.iter().filter_map(|r| r.as_ref().ok()).find(|l| l.info.name == name) {
-            let mut v = serde_json::to_value(&lib.info)?;
-            v["path"] = serde_json::json!(lib.path);
-            v["abi"] = serde_json::json!(format!("{}.{}", lib.abi.0, lib.abi.1));
-            v["kind"] = serde_json::json!("backend");
-            if let Some(options) = &lib.options {
-                v["options"] = serde_json::to_value(options)?;
-            }
-            println!("{}", serde_json::to_string_pretty(&v)?);
-            return Ok(ExitCode::SUCCESS);
+    let text = match name {
+        Some(name) => describe_plugin(name, &dirs, &backends, &judges)?,
+        None => list_plugins(&dirs, &backends, &judges),
+    };
+    print_to_stdout(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+type LoadedJudges = [(PathBuf, Result<crate::judge::JudgeComponent, crate::judge::JudgeLoadError>)];
+
+/// One backend or judge as pretty JSON.
+fn describe_plugin(
+    name: &str,
+    dirs: &[PathBuf],
+    backends: &[Result<backend::BackendLibrary, backend::BackendLoadError>],
+    judges: &LoadedJudges,
+) -> anyhow::Result<String> {
+    if let Some(lib) = backends.iter().filter_map(|r| r.as_ref().ok()).find(|l| l.info.name == name) {
+        let mut v = serde_json::to_value(&lib.info)?;
+        v["path"] = serde_json::json!(lib.path);
+        v["abi"] = serde_json::json!(format!("{}.{}", lib.abi.0, lib.abi.1));
+        v["kind"] = serde_json::json!("backend");
+        if let Some(options) = &lib.options {
+            v["options"] = serde_json::to_value(options)?;
         }
-        if let Some((path, Ok(j))) = judges.iter().find(|(_, j)| j.as_ref().is_ok_and(|j| j.info().name == name)) {
-            let i = j.info();
-            let v = serde_json::json!({
-                "kind": "judge", "name": i.name, "version": i.version, "path": path,
-                "labels": i.labels, "wants_chat": i.wants_chat, "wants_log": i.wants_log, "sha256": j.sha256(),
-                "wit": format!("vlsbench:judge@{}", j.wit_version()),
-            });
-            println!("{}", serde_json::to_string_pretty(&v)?);
-            return Ok(ExitCode::SUCCESS);
-        }
-        bail!("no backend or judge named `{name}` on the plugin path");
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
     }
-    println!("plugin path: {}", dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":"));
-    println!("backends:");
-    for b in &backends {
-        match b {
-            Ok(l) => println!(
+    if let Some((path, Ok(j))) = judges.iter().find(|(_, j)| j.as_ref().is_ok_and(|j| j.info().name == name)) {
+        let i = j.info();
+        let v = serde_json::json!({
+            "kind": "judge", "name": i.name, "version": i.version, "path": path,
+            "labels": i.labels, "wants_chat": i.wants_chat, "wants_log": i.wants_log, "sha256": j.sha256(),
+            "wit": format!("vlsbench:judge@{}", j.wit_version()),
+        });
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+    }
+    bail!("no backend or judge named `{name}` on the plugin path{}", backend::misnamed_libraries(dirs));
+}
+
+/// The plugin path, its backends and judges, a line each, with what could not be loaded and the
+/// libraries skipped for their file name.
+fn list_plugins(
+    dirs: &[PathBuf],
+    backends: &[Result<backend::BackendLibrary, backend::BackendLoadError>],
+    judges: &LoadedJudges,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let path = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":");
+    let _ = writeln!(out, "plugin path: {path}\nbackends:");
+    for b in backends {
+        let _ = match b {
+            Ok(l) => writeln!(
+                out,
                 "  {:<16} {:<8} archs [{}] devices [{}] max_batch {} ABI {}.{}  {}",
                 l.info.name,
                 l.info.version,
@@ -352,23 +403,38 @@ fn plugins(name: Option<&str>, common: &Common) -> anyhow::Result<ExitCode> {
                 l.abi.1,
                 l.path.display()
             ),
-            Err(e) => println!("  error: {e}"),
-        }
+            Err(e) => writeln!(out, "  error: {e}"),
+        };
     }
-    println!("judges:");
-    for (path, j) in &judges {
-        match j {
+    for path in &backend::misnamed_libraries(dirs).0 {
+        let _ = writeln!(
+            out,
+            "  ignored: {} has a backend's entry point, but discovery only loads files named lib{}<name>.so",
+            path.display(),
+            backend::LIBRARY_PREFIX
+        );
+    }
+    let _ = writeln!(out, "judges:");
+    for (path, j) in judges {
+        let _ = match j {
             Ok(j) => {
                 let i = j.info();
-                let caps = [i.wants_chat.then_some("chat"), i.wants_log.then_some("log")]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                println!("  {:<16} {:<8} wants [{caps}]  {}", i.name, i.version, path.display());
+                let caps = [i.wants_chat.then_some("chat"), i.wants_log.then_some("log")];
+                let caps = caps.into_iter().flatten().collect::<Vec<_>>().join(", ");
+                writeln!(out, "  {:<16} {:<8} wants [{caps}]  {}", i.name, i.version, path.display())
             }
-            Err(e) => println!("  error: {e}"),
-        }
+            Err(e) => writeln!(out, "  error: {e}"),
+        };
     }
-    Ok(ExitCode::SUCCESS)
+    out
+}
+
+/// Writes `text` to stdout; a reader that has gone (`plugins | head`) ends the command quietly.
+fn print_to_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("cannot write to stdout"),
+        _ => Ok(()),
+    }
 }
