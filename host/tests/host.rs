@@ -11,6 +11,7 @@
 mod hostile_input;
 mod judge_sandbox;
 mod local_models;
+mod plugin_authors;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
