@@ -518,8 +518,11 @@ component = "refusal-keywords"
         let m = load(MINIMAL).expect("valid");
         assert_eq!(m.manifest.model.settings(), GenerationSettings::reference());
         assert_eq!(m.run_name(), "m");
-        assert_eq!(m.run_dir(), Path::new("dir/outputs/m"));
-        assert_eq!(m.dataset_root(), Path::new("dir/data"));
+        // Relative paths start from the manifest's folder, made absolute.
+        let dir = std::path::absolute("dir").expect("the working folder exists");
+        assert_eq!(m.base_dir, dir);
+        assert_eq!(m.run_dir(), dir.join("outputs/m"));
+        assert_eq!(m.dataset_root(), dir.join("data"));
         assert_eq!(m.manifest.run.concurrency, 8);
     }
 
