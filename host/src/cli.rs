@@ -1,4 +1,5 @@
-//! Command line: `run`, `validate`, `judge` (re-judge a finished run's answers) and `plugins`.
+//! Command line: `run`, `validate`, `judge` (re-judge a finished run's answers), `merge` (a run's
+//! shards into one run) and `plugins`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use crate::fsread::{FileKind, read_to_string};
 use crate::judge::JudgeEngine;
 use crate::manifest::{JudgeSection, LoadedManifest, parse_toml};
 use crate::run::{self, RunOptions};
+use crate::shard::Shard;
 
 /// Evaluates multimodal models on the VLSBench safety benchmark.
 #[derive(Debug, Parser)]
@@ -28,7 +30,26 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Runs a manifest: generate, judge, report. Run it again to resume.
-    Run { manifest: PathBuf },
+    Run {
+        manifest: PathBuf,
+        /// Run shard I of N (1-based, e.g. 2/4) into `<run name>--shard-I-of-N`; without it, a
+        /// Slurm job array's or a Kubernetes Indexed Job's variables choose the shard.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// How many shards an Indexed Job has (`JOB_COMPLETION_INDEX` does not say); overrides
+        /// `[run] shards`.
+        #[arg(long, value_name = "N")]
+        shards: Option<u32>,
+    },
+    /// Merges the shard folders of one run into one run folder (default: `<run name>` beside them).
+    Merge {
+        /// Every shard folder of the run (`<run name>--shard-I-of-N`).
+        #[arg(required = true)]
+        shard_dirs: Vec<PathBuf>,
+        /// The run folder to write (it must not hold a run).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Checks a manifest, its dataset and both plugins without running anything.
     Validate { manifest: PathBuf },
     /// Judges the stored answers of a finished run with another judge, into a new run folder.
@@ -73,6 +94,7 @@ impl Common {
             progress: !self.no_progress,
             judge_only: false,
             fail_on_unscored: self.fail_on_unscored,
+            shard: None,
         }
     }
 }
@@ -119,10 +141,25 @@ fn warn_manifest(loaded: &LoadedManifest) -> Vec<String> {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let common = cli.common;
     match cli.command {
-        Command::Run { manifest } => {
-            let loaded = LoadedManifest::load(&manifest)?;
+        Command::Run { manifest, shard, shards } => {
+            let mut loaded = LoadedManifest::load(&manifest)?;
             warn_manifest(&loaded);
-            run_loaded(loaded, common.options())
+            let mut opts = common.options();
+            let count = shards.or(loaded.manifest.run.shards);
+            let resolved = Shard::resolve(shard.as_deref(), count, |k| std::env::var(k).ok())
+                .with_context(|| format!("{}: cannot tell which shard to run", loaded.origin))?;
+            if let Some((shard, source)) = resolved {
+                tracing::info!("running shard {shard} (from {source})");
+                loaded.manifest.run.name = Some(shard.folder_name(&loaded.run_name()));
+                opts.shard = Some(shard);
+            }
+            run_loaded(loaded, opts)
+        }
+        Command::Merge { shard_dirs, out } => {
+            let merged = crate::shard::merge(&shard_dirs, out.as_deref())?;
+            println!("{}", crate::report::terminal_summary(&merged.summary));
+            println!("merged {} shards into {}", shard_dirs.len(), merged.run_dir.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Validate { manifest } => validate(&manifest, &common),
         Command::Judge { run_dir, judge, name } => rejudge(&run_dir, &judge, name, &common),

@@ -16,4 +16,5 @@ pub mod manifest;
 pub mod report;
 pub mod run;
 pub mod secrets;
+pub mod shard;
 pub mod store;

@@ -184,6 +184,10 @@ pub struct RunSection {
     /// Exit non-zero when any selected item ends unscored.
     #[serde(default)]
     pub fail_on_unscored: bool,
+    /// How many shards the run is split into, for schedulers that give only the index
+    /// (a Kubernetes Indexed Job's `JOB_COMPLETION_INDEX`); `run --shards` overrides it.
+    #[serde(default)]
+    pub shards: Option<u32>,
 }
 
 fn default_output_dir() -> PathBuf {
@@ -216,6 +220,7 @@ impl Default for RunSection {
             backoff_max_secs: default_backoff_max_secs(),
             retry_budget_secs: default_retry_budget_secs(),
             fail_on_unscored: false,
+            shards: None,
         }
     }
 }
@@ -666,5 +671,21 @@ component = "refusal-keywords"
     fn line_column_counts_from_one() {
         assert_eq!(line_column("ab\ncd", 0), (1, 1));
         assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn every_example_manifest_parses() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut parsed = 0;
+        for entry in std::fs::read_dir(&examples).expect("examples/") {
+            let path = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            // judge-*.toml hold a [judge] section alone (for `judge RUN_DIR --judge`).
+            if path.extension().is_some_and(|e| e == "toml") && text.contains("[dataset]") {
+                LoadedManifest::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                parsed += 1;
+            }
+        }
+        assert!(parsed >= 8, "only {parsed} example manifests");
     }
 }

@@ -22,8 +22,11 @@ use anyhow::{Context, bail};
 
 use crate::fsutil::write_atomic;
 use crate::manifest::LoadedManifest;
+use std::collections::BTreeMap;
+
 use crate::report::{self, ReportInput, Summary};
-use crate::store::{self, Store, Stored};
+use crate::shard::Shard;
+use crate::store::{self, AnswerProvenance, AnswerRecord, JudgeProvenance, Store, Stored, VerdictRecord};
 
 mod pipeline;
 pub mod prepare;
@@ -47,6 +50,8 @@ pub struct RunOptions {
     pub judge_only: bool,
     /// Exit non-zero when any selected item ends without a label (`--fail-on-unscored`).
     pub fail_on_unscored: bool,
+    /// Run only this part of the selected items (`--shard`, or the scheduler's variables).
+    pub shard: Option<Shard>,
 }
 
 /// How a run ended.
@@ -65,7 +70,7 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
     let run_dir = prepared.manifest.run_dir();
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
     let _lock = lock_run_dir(&run_dir)?;
-    write_run_files(&run_dir, &prepared.manifest)?;
+    write_run_files(&run_dir, prepared, opts.shard)?;
     let (store, mut stored) = Store::open(&run_dir)?;
     stored.forget_stale(&prepared.dataset.input_hashes()).log();
     if stored.dropped_torn_lines > 0 {
@@ -82,22 +87,45 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
     answers.extend(written.answers);
     let mut verdicts = stored.verdicts;
     verdicts.extend(written.verdicts);
-    let m = &prepared.manifest.manifest;
+    let records = Records { answers: &answers, verdicts: &verdicts };
+    let provenance = (&prepared.model_provenance, &prepared.judge_provenance);
+    let summary = write_reports(&run_dir, &prepared.manifest, &prepared.dataset, records, provenance)?;
+    let unscored = summary.not_scored.total();
+    Ok(RunOutcome { run_dir, terminal_summary: report::terminal_summary(&summary), summary, interrupted, unscored })
+}
+
+/// A run's final records: the latest answer and verdict of each item.
+#[derive(Clone, Copy)]
+pub struct Records<'a> {
+    pub answers: &'a BTreeMap<u32, AnswerRecord>,
+    pub verdicts: &'a BTreeMap<u32, VerdictRecord>,
+}
+
+/// Computes the summary of `records` over the dataset's selected items and writes the run's
+/// reports (`summary.json`, `<arch>_outputs.json`, `report.html`). A run and a merge of its shards
+/// both end here, so the same records give the same files.
+pub fn write_reports(
+    run_dir: &Path,
+    manifest: &LoadedManifest,
+    dataset: &crate::dataset::Dataset,
+    records: Records<'_>,
+    (model, judge): (&AnswerProvenance, &JudgeProvenance),
+) -> anyhow::Result<Summary> {
+    let m = &manifest.manifest;
     let root_text = m.dataset.root.display().to_string();
     let input = ReportInput {
         arch: &m.model.arch,
         dataset_root: &root_text,
-        dataset_items: prepared.dataset.all_items,
-        items: &prepared.dataset.items,
-        answers: &answers,
-        verdicts: &verdicts,
-        model: &prepared.model_provenance,
-        judge: &prepared.judge_provenance,
+        dataset_items: dataset.all_items,
+        items: &dataset.items,
+        answers: records.answers,
+        verdicts: records.verdicts,
+        model,
+        judge,
     };
     let summary = Summary::compute(&input);
-    report::write_all(&run_dir, &input, &summary)?;
-    let unscored = summary.not_scored.total();
-    Ok(RunOutcome { run_dir, terminal_summary: report::terminal_summary(&summary), summary, interrupted, unscored })
+    report::write_all(run_dir, &input, &summary)?;
+    Ok(summary)
 }
 
 /// Says how many items a resumed run finds finished already.
@@ -132,18 +160,63 @@ fn lock_run_dir(run_dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-/// Writes the manifest copy and `run.json` (where the manifest's relative paths start).
-fn write_run_files(run_dir: &Path, manifest: &LoadedManifest) -> anyhow::Result<()> {
+/// Writes the manifest copy and `run.json`: where the manifest's relative paths start, what made
+/// the answers and verdicts, and the shard this folder holds, if any ([`crate::shard::merge`]
+/// checks the shards of one run against each other with it).
+fn write_run_files(run_dir: &Path, prepared: &Prepared, shard: Option<Shard>) -> anyhow::Result<()> {
+    let manifest = &prepared.manifest;
     let manifest_copy = run_dir.join("manifest.toml");
     write_atomic(&manifest_copy, manifest.text.as_bytes())
         .with_context(|| format!("cannot write {}", manifest_copy.display()))?;
     let base = manifest.base_dir.canonicalize().unwrap_or_else(|_| manifest.base_dir.clone());
-    let info = serde_json::json!({
-        "manifest": manifest.path.canonicalize().unwrap_or_else(|_| manifest.path.clone()),
-        "manifest_base_dir": base,
-        "host_version": env!("CARGO_PKG_VERSION"),
-    });
-    let text = serde_json::to_string_pretty(&info).context("cannot serialise run.json")?;
-    write_atomic(&run_dir.join("run.json"), text.as_bytes())
-        .with_context(|| format!("cannot write {}/run.json", run_dir.display()))
+    let info = RunInfo {
+        manifest: manifest.path.canonicalize().unwrap_or_else(|_| manifest.path.clone()),
+        manifest_base_dir: base,
+        host_version: env!("CARGO_PKG_VERSION").to_owned(),
+        provenance: Some(report::Provenance {
+            model: prepared.model_provenance.clone(),
+            judge: prepared.judge_provenance.clone(),
+        }),
+        shard,
+        merged_from: Vec::new(),
+    };
+    info.write(run_dir)
+}
+
+/// `run.json`: what a run folder holds beside its records.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunInfo {
+    /// The manifest the run was started from.
+    pub manifest: PathBuf,
+    /// Where its relative paths start.
+    pub manifest_base_dir: PathBuf,
+    pub host_version: String,
+    /// What made the answers and the verdicts (absent in folders written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<report::Provenance>,
+    /// The shard of the run this folder holds (absent for a whole run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+    /// The shard folders a merged run was made from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<PathBuf>,
+}
+
+/// The file name of [`RunInfo`].
+pub const RUN_INFO_FILE: &str = "run.json";
+
+impl RunInfo {
+    /// Reads `run_dir`'s `run.json`.
+    pub fn read(run_dir: &Path) -> anyhow::Result<Self> {
+        let path = run_dir.join(RUN_INFO_FILE);
+        let text = crate::fsread::read_to_string(&path, crate::fsread::FileKind::RunInfo)?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a run.json", path.display()))
+    }
+
+    /// Writes it into `run_dir`.
+    pub fn write(&self, run_dir: &Path) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(self).context("cannot serialise run.json")?;
+        let path = run_dir.join(RUN_INFO_FILE);
+        write_atomic(&path, text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+    }
 }

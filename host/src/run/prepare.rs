@@ -58,6 +58,11 @@ pub fn prepare_with(manifest: LoadedManifest, opts: &RunOptions, source: AnswerS
     for w in &dataset.warnings {
         tracing::warn!("dataset: {w}");
     }
+    let mut dataset = dataset;
+    if let Some(shard) = opts.shard {
+        shard.select(&mut dataset.items);
+        tracing::info!("shard {shard}: {} of the selected items", dataset.items.len());
+    }
     let (model_library, model_provenance) = match source {
         AnswerSource::Backend => {
             let library = find_backend(&m.model, &manifest.base_dir, &dirs).with_context(|| at("[model]"))?;

@@ -200,12 +200,21 @@ fn load<T: DeserializeOwned>(
 
 /// The answers stored in a run folder, read without creating, repairing or locking anything.
 pub fn read_answers(run_dir: &Path) -> Result<BTreeMap<u32, AnswerRecord>, StoreError> {
-    let path = run_dir.join(ANSWERS_FILE);
+    read_records(&run_dir.join(ANSWERS_FILE), |r: &AnswerRecord| r.id)
+}
+
+/// The verdicts stored in a run folder, read as [`read_answers`] reads the answers.
+pub fn read_verdicts(run_dir: &Path) -> Result<BTreeMap<u32, VerdictRecord>, StoreError> {
+    read_records(&run_dir.join(VERDICTS_FILE), |r: &VerdictRecord| r.id)
+}
+
+/// The latest record of each id in a JSON Lines file (none when it does not exist).
+fn read_records<T: DeserializeOwned>(path: &Path, id_of: fn(&T) -> u32) -> Result<BTreeMap<u32, T>, StoreError> {
     if !path.exists() {
         return Ok(BTreeMap::new());
     }
-    let data = crate::fsread::read(&path, crate::fsread::FileKind::Store)?;
-    Ok(parse_jsonl(&data, &path, |r: &AnswerRecord| r.id)?.records)
+    let data = crate::fsread::read(path, crate::fsread::FileKind::Store)?;
+    Ok(parse_jsonl(&data, path, id_of)?.records)
 }
 
 /// Sample provenances shared by the store's and the report's unit tests.

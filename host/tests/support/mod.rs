@@ -352,6 +352,10 @@ where
     let mut cmd = Command::new(host_bin());
     cmd.args(&args).arg("--cache-dir").arg(cache_dir()).arg("--no-progress");
     cmd.env_remove("VLSBENCH_PLUGIN_PATH").env_remove("VLSBENCH_CACHE_DIR").env_remove("VLSBENCH_LOG");
+    // A test run inside a Slurm array or an Indexed Job must not shard the runs it starts.
+    for var in ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "JOB_COMPLETION_INDEX"] {
+        cmd.env_remove(var);
+    }
     cmd.stdin(Stdio::null());
     let text = format!(
         "{} {} --cache-dir {} --no-progress",
