@@ -196,6 +196,9 @@ fn execute_prepared(prepared: run::Prepared, opts: RunOptions) -> anyhow::Result
     install_ctrl_c(cancel.clone());
     let outcome = run::execute(&prepared, &opts, cancel)?;
     println!("{}", outcome.terminal_summary);
+    for stats in outcome.concurrency.iter().filter(|s| s.mode == "auto" || s.throttled > 0) {
+        println!("concurrency: {stats}");
+    }
     let shown = outcome.run_dir.canonicalize().unwrap_or_else(|_| outcome.run_dir.clone());
     println!("results in {}", shown.display());
     if outcome.interrupted {

@@ -166,9 +166,13 @@ pub struct RunSection {
     pub name: Option<String>,
     #[serde(default = "default_output_dir")]
     pub output_dir: PathBuf,
-    /// Items in flight at once (generate and judge calls together).
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
+    /// Items in flight at once: a number, or `"auto"` (each endpoint's limit found as the run goes,
+    /// see `run::limiter`). Absent: `"auto"` for a remote backend (an API), 8 for a local one.
+    #[serde(default)]
+    pub concurrency: Option<Concurrency>,
+    /// The most calls `"auto"` sends to one endpoint at once.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
     /// Tries per call, the first included, for retryable failures.
     #[serde(default = "default_max_tries")]
     pub max_tries: u32,
@@ -193,8 +197,47 @@ pub struct RunSection {
 fn default_output_dir() -> PathBuf {
     PathBuf::from("outputs")
 }
-fn default_concurrency() -> usize {
-    8
+/// The worker count of a local backend when `[run] concurrency` is absent.
+pub const DEFAULT_LOCAL_CONCURRENCY: usize = 8;
+fn default_max_concurrency() -> usize {
+    256
+}
+
+/// `[run] concurrency`: a fixed number of items in flight, or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ConcurrencyValue", into = "ConcurrencyValue")]
+pub enum Concurrency {
+    Fixed(usize),
+    Auto,
+}
+
+/// How `[run] concurrency` is written: a number or a word.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+enum ConcurrencyValue {
+    Number(i64),
+    Word(String),
+}
+
+impl TryFrom<ConcurrencyValue> for Concurrency {
+    type Error = String;
+    fn try_from(v: ConcurrencyValue) -> Result<Self, String> {
+        match v {
+            ConcurrencyValue::Number(n) if n >= 1 => Ok(Self::Fixed(usize::try_from(n).map_err(|e| e.to_string())?)),
+            ConcurrencyValue::Number(n) => Err(format!("concurrency {n}: it must be at least 1, or \"auto\"")),
+            ConcurrencyValue::Word(w) if w == "auto" => Ok(Self::Auto),
+            ConcurrencyValue::Word(w) => Err(format!("concurrency {w:?}: expected a whole number or \"auto\"")),
+        }
+    }
+}
+
+impl From<Concurrency> for ConcurrencyValue {
+    fn from(c: Concurrency) -> Self {
+        match c {
+            Concurrency::Fixed(n) => Self::Number(n as i64),
+            Concurrency::Auto => Self::Word("auto".into()),
+        }
+    }
 }
 fn default_max_tries() -> u32 {
     4
@@ -214,7 +257,8 @@ impl Default for RunSection {
         Self {
             name: None,
             output_dir: default_output_dir(),
-            concurrency: default_concurrency(),
+            concurrency: None,
+            max_concurrency: default_max_concurrency(),
             max_tries: default_max_tries(),
             backoff_initial_ms: default_backoff_ms(),
             backoff_max_secs: default_backoff_max_secs(),
@@ -270,8 +314,8 @@ impl LoadedManifest {
 
     fn check(&self) -> Result<(), ManifestError> {
         let m = &self.manifest;
-        if m.run.concurrency == 0 {
-            return Err(self.invalid("[run] concurrency must be at least 1"));
+        if m.run.max_concurrency == 0 {
+            return Err(self.invalid("[run] max_concurrency must be at least 1"));
         }
         if m.run.max_tries == 0 {
             return Err(self.invalid("[run] max_tries must be at least 1 (it counts the first try)"));
@@ -528,7 +572,7 @@ component = "refusal-keywords"
         assert_eq!(m.base_dir, dir);
         assert_eq!(m.run_dir(), dir.join("outputs/m"));
         assert_eq!(m.dataset_root(), dir.join("data"));
-        assert_eq!(m.manifest.run.concurrency, 8);
+        assert_eq!(m.manifest.run.concurrency, None, "chosen by the backend's kind");
     }
 
     #[test]

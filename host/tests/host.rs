@@ -12,6 +12,7 @@ mod hostile_input;
 mod judge_sandbox;
 mod local_models;
 mod plugin_authors;
+mod rate_limits;
 mod shards;
 mod support;
 

@@ -22,12 +22,14 @@
 //! ```
 //!
 //! Modules: [`server`] (the server and the recording), [`reply`] (the replies), [`mod@scripted`]
-//! (behaviours and request helpers).
+//! (behaviours and request helpers), [`limit`] (a provider's rate limit: token buckets, 429s).
 
+pub mod limit;
 pub mod reply;
 pub mod scripted;
 pub mod server;
 
+pub use limit::{LimitStats, rate_limited};
 pub use reply::{MOCK_MODEL, MockReply};
 pub use scripted::{is_judge_request, judge_verdict, label_for, last_user_text, scripted, text_parts, with_models};
 pub use server::{MockServer, RecordedRequest};

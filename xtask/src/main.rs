@@ -7,7 +7,8 @@
 //! - `cargo xtask gpu-check [--prepare]`  stage, then run, the CUDA parity + bench on a GPU machine
 //! - `cargo xtask test`            build, then `cargo test --workspace`
 //! - `cargo xtask demo`            build, then run `examples/demo/demo.toml` offline
-//! - `cargo xtask bench api [--delay-ms 100] [--concurrency 64] [--items N]`
+//! - `cargo xtask bench api [--delay-ms 100] [--concurrency 64] [--items N] [--rate-limit R[,R...]]`
+//!   (see `bench_api`)
 //! - `cargo xtask bench llava|qwen2vl|mllama [--dtype f32|f16|bf16] [--max-batch 8] [--new-tokens 128]` (needs
 //!   Python): our backend against transformers on one random checkpoint, with the processor named
 //! - `cargo xtask bench llava --shape 7b [--dtype f16] [--new-tokens 16] [--with-transformers]`: a
@@ -17,11 +18,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 mod bench7b;
+mod bench_api;
 mod gpu;
 
 /// Native crates the host loads or tests against.
@@ -51,7 +52,7 @@ fn main() -> anyhow::Result<()> {
         Some("test") => test(&args[1..]),
         Some("demo") => demo(),
         Some("bench") => match args.get(1).map(String::as_str) {
-            Some("api") => bench_api(&args[2..]),
+            Some("api") => bench_api::bench_api(&args[2..]),
             Some("llava") if flag_str(&args[2..], "--shape", "")? == "7b" => bench7b::bench_llava_7b(&args[2..]),
             Some("llava") => bench_family(&LLAVA_BENCH, &args[2..]),
             Some("qwen2vl") => bench_family(&QWEN2VL_BENCH, &args[2..]),
@@ -170,105 +171,6 @@ fn flag(args: &[String], name: &str, default: u64) -> anyhow::Result<u64> {
         }
         None => Ok(default),
     }
-}
-
-/// Runs N items through generate + judge against a loopback server that answers after a fixed
-/// delay, and prints the wall time beside the ideal and the sequential times.
-fn bench_api(args: &[String]) -> anyhow::Result<()> {
-    let delay_ms = flag(args, "--delay-ms", 100)?;
-    let concurrency = flag(args, "--concurrency", 64)?;
-    build(true)?;
-    let tmp = tempfile::tempdir()?;
-    let root = tmp.path().join("vlsbench");
-    let shared = Path::new("../shared/vlsbench/data.json");
-    let items: Vec<serde_json::Value> = if shared.is_file() {
-        eprintln!("dataset: the real annotation file {} with placeholder images", shared.display());
-        serde_json::from_str(&std::fs::read_to_string(shared)?)?
-    } else {
-        eprintln!("dataset: {} absent; 2241 synthetic items", shared.display());
-        (0..2241)
-            .map(|i| {
-                serde_json::json!({"instruction_id": i, "instruction": format!("synthetic question {i}"),
-                "image_path": format!("imgs/{i}.png"), "category": "Synthetic", "sub_category": "s", "source": "bench"})
-            })
-            .collect()
-    };
-    let n_limit = flag(args, "--items", items.len() as u64)? as usize;
-    let items: Vec<_> = items.into_iter().take(n_limit).collect();
-    let n = items.len();
-    std::fs::create_dir_all(&root)?;
-    std::fs::write(root.join("data.json"), serde_json::to_vec(&items)?)?;
-    for (i, item) in items.iter().enumerate() {
-        if let Some(rel) = item.get("image_path").and_then(|v| v.as_str()) {
-            let p = root.join(rel);
-            if !p.exists() {
-                write_png(&p, i as u32, (8, 8))?;
-            }
-        }
-    }
-    let delay = Duration::from_millis(delay_ms);
-    let server = vlsbench_mock_openai::MockServer::start(vlsbench_mock_openai::scripted(delay));
-    let manifest = tmp.path().join("bench.toml");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"[dataset]
-root = "vlsbench"
-
-[model]
-arch = "openai"
-checkpoint = "bench-model"
-[model.options]
-base_url = "{url}"
-api_key_env = ""
-
-[judge]
-component = "vlsbench"
-grant = ["chat", "log"]
-[judge.model]
-arch = "openai"
-checkpoint = "bench-judge"
-[judge.model.options]
-base_url = "{url}"
-api_key_env = ""
-
-[run]
-output_dir = "out"
-concurrency = {concurrency}
-"#,
-            url = server.base_url()
-        ),
-    )?;
-    let host = host_binary(true);
-    let cache = tmp.path().join("cache");
-    // Warm-up: compiles the judge into the cache and reads the dataset once.
-    run(Command::new(&host).arg("validate").arg(&manifest).arg("--cache-dir").arg(&cache))?;
-    let start = Instant::now();
-    let status = Command::new(&host)
-        .args(["run", "--no-progress", "--fail-on-unscored", "--cache-dir"])
-        .arg(&cache)
-        .arg(&manifest)
-        .env("VLSBENCH_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .status()?;
-    let wall = start.elapsed().as_secs_f64();
-    if !status.success() {
-        bail!("the benchmark run failed with {status}");
-    }
-    let requests = server.request_count();
-    let d = delay.as_secs_f64();
-    let ideal = 2.0 * n as f64 * d / concurrency as f64;
-    let sequential = 2.0 * n as f64 * d;
-    println!();
-    println!("bench api: {n} items, generate + judge, server delay {delay_ms} ms, concurrency {concurrency}");
-    println!("| measure                         | seconds | × ideal |");
-    println!("|---------------------------------|--------:|--------:|");
-    println!("| vlsbench-host run (wall)        | {wall:>7.2} | {:>7.3} |", wall / ideal);
-    println!("| ideal 2·N·delay/concurrency     | {ideal:>7.2} | {:>7.3} |", 1.0);
-    println!("| sequential 2·N·delay (reference)| {sequential:>7.2} | {:>7.3} |", sequential / ideal);
-    println!("requests served: {requests} (expected {})", 2 * n);
-    println!("goal: within 1.15× of ideal → {}", if wall <= 1.15 * ideal { "met" } else { "NOT met" });
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 //!   replies) tried again with exponential backoff and jitter, honouring Retry-After, within
 //!   `max_tries` and `retry_budget_secs`. A failure is stored as an error, never as an answer or
 //!   a label;
+//! - [`limiter`]: how many calls go to each endpoint at once, fixed or found as the run goes;
 //! - [`progress`]: the counters, the bar, the log lines.
 //!
 //! [`execute`] ties them together: the run folder, the pipeline, then the reports.
@@ -28,6 +29,7 @@ use crate::report::{self, ReportInput, Summary};
 use crate::shard::Shard;
 use crate::store::{self, AnswerProvenance, AnswerRecord, JudgeProvenance, Store, Stored, VerdictRecord};
 
+pub mod limiter;
 mod pipeline;
 pub mod prepare;
 pub mod progress;
@@ -63,6 +65,8 @@ pub struct RunOutcome {
     pub interrupted: bool,
     /// Selected items that have no label.
     pub unscored: usize,
+    /// What each endpoint's concurrency limit did.
+    pub concurrency: Vec<limiter::LimiterStats>,
 }
 
 /// Runs a prepared manifest to the end (or until `cancel` is set), then writes the reports.
@@ -81,6 +85,10 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
     pipeline.run(opts.progress);
     let interrupted = pipeline.cancelled();
     let written = pipeline.finish()?;
+    let concurrency = written.concurrency;
+    let mut info = RunInfo::read(&run_dir)?;
+    info.concurrency = concurrency.clone();
+    info.write(&run_dir)?;
 
     // Final state: what was stored before, replaced by what this run wrote.
     let mut answers = stored.answers;
@@ -91,7 +99,8 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
     let provenance = (&prepared.model_provenance, &prepared.judge_provenance);
     let summary = write_reports(&run_dir, &prepared.manifest, &prepared.dataset, records, provenance)?;
     let unscored = summary.not_scored.total();
-    Ok(RunOutcome { run_dir, terminal_summary: report::terminal_summary(&summary), summary, interrupted, unscored })
+    let terminal_summary = report::terminal_summary(&summary);
+    Ok(RunOutcome { run_dir, terminal_summary, summary, interrupted, unscored, concurrency })
 }
 
 /// A run's final records: the latest answer and verdict of each item.
@@ -179,6 +188,7 @@ fn write_run_files(run_dir: &Path, prepared: &Prepared, shard: Option<Shard>) ->
         }),
         shard,
         merged_from: Vec::new(),
+        concurrency: Vec::new(),
     };
     info.write(run_dir)
 }
@@ -200,6 +210,10 @@ pub struct RunInfo {
     /// The shard folders a merged run was made from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub merged_from: Vec<PathBuf>,
+    /// What each endpoint's concurrency limit did in the last run (not in `summary.json`, which
+    /// depends on the records alone, so a merge of shards equals the run made in one go).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub concurrency: Vec<limiter::LimiterStats>,
 }
 
 /// The file name of [`RunInfo`].

@@ -12,12 +12,14 @@ use vlsbench_plugin_api::{
     BackendConfig, BackendError, ErrorKind, GenerateRequest, Generation, GenerationSettings, python_strip,
 };
 
+use super::limiter::{Limiter, LimiterStats};
 use super::prepare::{Prepared, backend_config, judge_config_text};
 use super::progress::{Progress, monitor, progress_bar};
 use super::retry::{RetryPolicy, Tried, with_retries};
 use crate::backend::{Backend, BackendLibrary};
 use crate::dataset::Item;
 use crate::judge::{ChatFailure, ChatProvider, JudgeItem};
+use crate::manifest::{Concurrency, DEFAULT_LOCAL_CONCURRENCY};
 use crate::store::{self, AnswerOutcome, AnswerRecord, Store, Stored, VerdictOutcome, VerdictRecord};
 
 /// One item's generation: the result and how many tries it took.
@@ -59,6 +61,7 @@ struct JudgeChat<'a> {
     backend: Option<&'a LazyBackend>,
     settings: &'a GenerationSettings,
     policy: &'a RetryPolicy,
+    limiter: &'a Limiter,
     cancel: &'a AtomicBool,
     progress: &'a Progress,
 }
@@ -74,7 +77,7 @@ impl ChatProvider for JudgeChat<'_> {
         s.max_new_tokens = s.max_new_tokens.or(self.settings.max_new_tokens);
         s.temperature = s.temperature.or(self.settings.temperature);
         s.top_p = s.top_p.or(self.settings.top_p);
-        match with_retries(self.policy, self.cancel, self.progress, || backend.generate_one(&request)) {
+        match with_retries(self.policy, self.cancel, self.progress, self.limiter, || backend.generate_one(&request)) {
             Tried::Done(Ok(g), _) => Ok(g.text),
             Tried::Done(Err(e), _) if matches!(e.kind, ErrorKind::Refused | ErrorKind::ContentFiltered) => {
                 Err(ChatFailure::Refused(e.to_string()))
@@ -96,6 +99,10 @@ pub(super) struct Pipeline<'a> {
     judge_settings: GenerationSettings,
     judge_config: String,
     policy: RetryPolicy,
+    /// Worker threads: the fixed concurrency, or `"auto"`'s ceiling.
+    workers: usize,
+    model_limiter: Limiter,
+    judge_limiter: Limiter,
     cancel: Arc<AtomicBool>,
     progress: Progress,
     judge_only: bool,
@@ -109,6 +116,8 @@ pub(super) struct Pipeline<'a> {
 pub(super) struct Written {
     pub answers: BTreeMap<u32, AnswerRecord>,
     pub verdicts: BTreeMap<u32, VerdictRecord>,
+    /// What each endpoint's limiter did.
+    pub concurrency: Vec<LimiterStats>,
 }
 
 impl<'a> Pipeline<'a> {
@@ -121,6 +130,29 @@ impl<'a> Pipeline<'a> {
         let m = &prepared.manifest;
         let base_dir = &m.base_dir;
         let judge_model = m.manifest.judge.model.as_ref().zip(prepared.judge_model_library.as_ref());
+        let run = &m.manifest.run;
+        let is_remote = |lib: &crate::backend::BackendLibrary| lib.info.devices.iter().any(|d| d == "remote");
+        // "auto" by default when the calls that set the pace go to an API: the model's, or (when
+        // only judging) the judge model's.
+        let remote = match &prepared.model_library {
+            Some(lib) => is_remote(lib),
+            None => prepared.judge_model_library.as_ref().is_some_and(is_remote),
+        };
+        let mode = run.concurrency.unwrap_or(if remote {
+            Concurrency::Auto
+        } else {
+            Concurrency::Fixed(DEFAULT_LOCAL_CONCURRENCY)
+        });
+        let (workers, model_limiter, judge_limiter) = match mode {
+            Concurrency::Fixed(n) => (n, Limiter::fixed("model", n), Limiter::fixed("judge model", n)),
+            Concurrency::Auto => (
+                run.max_concurrency,
+                Limiter::auto("model", run.max_concurrency),
+                Limiter::auto("judge model", run.max_concurrency),
+            ),
+        };
+        let mut policy = RetryPolicy::from_manifest(m);
+        policy.throttles_use_tries = mode != Concurrency::Auto;
         Pipeline {
             prepared,
             store,
@@ -135,7 +167,10 @@ impl<'a> Pipeline<'a> {
                 .map(|(jm, lib)| LazyBackend::new(lib.clone().with_call_timeout(jm), backend_config(jm, base_dir))),
             judge_settings: m.manifest.judge.model.as_ref().map(|jm| jm.generation.clone()).unwrap_or_default(),
             judge_config: judge_config_text(&prepared.judge_provenance),
-            policy: RetryPolicy::from_manifest(m),
+            policy,
+            workers,
+            model_limiter,
+            judge_limiter,
             cancel,
             progress: Progress::default(),
             judge_only: judge_only || prepared.model_library.is_none(),
@@ -170,7 +205,7 @@ impl<'a> Pipeline<'a> {
     pub(super) fn run(&self, show_progress: bool) {
         let items = &self.prepared.dataset.items;
         let total = items.len();
-        let workers = self.prepared.manifest.manifest.run.concurrency.min(total).max(1);
+        let workers = self.workers.min(total).max(1);
         // Items go to the model in batches as large as the backend accepts (1 when it batches nothing).
         let max_batch = self.prepared.model_library.as_ref().map_or(1, |l| l.info.max_batch.max(1)) as usize;
         let batch_size = max_batch.min(total.div_ceil(workers).max(1));
@@ -178,7 +213,8 @@ impl<'a> Pipeline<'a> {
         bar.set_position(0);
         let (next, started, monitor_done) = (AtomicUsize::new(0), Instant::now(), AtomicBool::new(false));
         std::thread::scope(|scope| {
-            scope.spawn(|| monitor(&self.progress, &bar, total, started, &monitor_done));
+            let (limiters, bar, monitor_done) = ([&self.model_limiter, &self.judge_limiter], &bar, &monitor_done);
+            scope.spawn(move || monitor(&self.progress, &limiters, bar, (total, started), monitor_done));
             let handles: Vec<_> = (0..workers).map(|_| scope.spawn(|| self.work(&next, batch_size))).collect();
             for h in handles {
                 let _ = h.join();
@@ -214,6 +250,7 @@ impl<'a> Pipeline<'a> {
         Ok(Written {
             answers: self.answers.into_inner().unwrap_or_else(|e| e.into_inner()),
             verdicts: self.verdicts.into_inner().unwrap_or_else(|e| e.into_inner()),
+            concurrency: vec![self.model_limiter.stats(), self.judge_limiter.stats()],
         })
     }
 
@@ -295,7 +332,7 @@ impl<'a> Pipeline<'a> {
             return Some(vec![None]);
         }
         let all = |e: BackendError, n| requests.iter().map(|_| Some((Err(e.clone()), n))).collect();
-        match with_retries(&self.policy, &self.cancel, &self.progress, || {
+        match with_retries(&self.policy, &self.cancel, &self.progress, &self.model_limiter, || {
             self.model_backend().and_then(|b| b.generate(requests))
         }) {
             Tried::Done(Ok(rs), n) if rs.len() == requests.len() => {
@@ -323,7 +360,7 @@ impl<'a> Pipeline<'a> {
             Some(done) => return Some(done),
             None => 0,
         };
-        match with_retries(&self.policy, &self.cancel, &self.progress, || {
+        match with_retries(&self.policy, &self.cancel, &self.progress, &self.model_limiter, || {
             self.model_backend().and_then(|b| b.generate_one(request))
         }) {
             Tried::Done(result, n) => Some((result, tries_so_far + n)),
@@ -372,6 +409,7 @@ impl<'a> Pipeline<'a> {
             backend: self.judge_model.as_ref(),
             settings: &self.judge_settings,
             policy: &self.policy,
+            limiter: &self.judge_limiter,
             cancel: &self.cancel,
             progress: &self.progress,
         };

@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use super::limiter::Limiter;
+
 /// Shared counters for progress and the final line.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -26,16 +28,31 @@ pub(super) fn progress_bar(total: u64, enabled: bool) -> indicatif::ProgressBar 
 }
 
 /// Updates the bar; when stderr is not a terminal, logs a progress line every 10 seconds instead.
-pub(super) fn monitor(p: &Progress, bar: &indicatif::ProgressBar, total: usize, started: Instant, stop: &AtomicBool) {
+/// Automatic concurrency limits show their current value.
+pub(super) fn monitor(
+    p: &Progress,
+    limiters: &[&Limiter],
+    bar: &indicatif::ProgressBar,
+    (total, started): (usize, Instant),
+    stop: &AtomicBool,
+) {
     let mut last_log = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let done = p.done.load(Ordering::Relaxed);
-        let msg = format!(
+        let mut msg = format!(
             "gen errors {} · judge errors {} · retrying {}",
             p.generation_errors.load(Ordering::Relaxed),
             p.judge_errors.load(Ordering::Relaxed),
             p.retrying.load(Ordering::Relaxed)
         );
+        let auto: Vec<String> = limiters
+            .iter()
+            .filter(|l| l.is_auto())
+            .map(|l| format!("{} {}", l.stats().endpoint, l.current()))
+            .collect();
+        if !auto.is_empty() {
+            msg.push_str(&format!(" · concurrency {}", auto.join(", ")));
+        }
         bar.set_position(done as u64);
         bar.set_message(msg.clone());
         if bar.is_hidden() && last_log.elapsed() >= Duration::from_secs(10) {

@@ -1,5 +1,7 @@
 //! Retries of backend calls: exponential backoff with jitter, honouring Retry-After, within
-//! `max_tries` and `retry_budget_secs`, and cut short by a cancellation.
+//! `max_tries` and `retry_budget_secs`, and cut short by a cancellation. Each try waits for room
+//! under its endpoint's [`Limiter`]; under an automatic limit a throttle is the limiter's signal,
+//! so it does not use up `max_tries` (the retry budget still bounds it).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -7,6 +9,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use vlsbench_plugin_api::BackendError;
 
+use super::limiter::{Limiter, is_throttle};
 use super::progress::Progress;
 use crate::manifest::LoadedManifest;
 
@@ -17,6 +20,8 @@ pub struct RetryPolicy {
     pub initial: Duration,
     pub max_pause: Duration,
     pub budget: Duration,
+    /// Whether a throttled try (429, 503) counts toward `max_tries` (not under `"auto"`).
+    pub throttles_use_tries: bool,
 }
 
 impl RetryPolicy {
@@ -27,6 +32,7 @@ impl RetryPolicy {
             initial: r.backoff_initial(),
             max_pause: Duration::from_secs_f64(r.backoff_max_secs.max(0.0)),
             budget: Duration::from_secs_f64(r.retry_budget_secs.max(0.0)),
+            throttles_use_tries: true,
         }
     }
 
@@ -56,21 +62,28 @@ pub(super) fn with_retries<T>(
     policy: &RetryPolicy,
     cancel: &AtomicBool,
     progress: &Progress,
+    limiter: &Limiter,
     mut call: impl FnMut() -> Result<T, BackendError>,
 ) -> Tried<T> {
     let start = Instant::now();
-    let mut tries = 0u32;
+    // Calls made, and those that count toward `max_tries`.
+    let (mut tries, mut counted) = (0u32, 0u32);
     loop {
+        let Some(permit) = limiter.acquire(cancel) else { return Tried::Cancelled };
         tries += 1;
         let result = call();
+        permit.finish(&result);
         let err = match result {
             Ok(v) => return Tried::Done(Ok(v), tries),
             Err(e) => e,
         };
-        if !err.kind.is_retryable() || tries >= policy.max_tries {
+        if policy.throttles_use_tries || !is_throttle(&err) {
+            counted += 1;
+        }
+        if !err.kind.is_retryable() || counted >= policy.max_tries {
             return Tried::Done(Err(with_tries(err, tries, start)), tries);
         }
-        let pause = policy.pause(tries + 1, err.retry_after_secs);
+        let pause = policy.pause(counted + 1, err.retry_after_secs);
         if start.elapsed() + pause > policy.budget {
             return Tried::Done(Err(with_tries(err, tries, start)), tries);
         }
@@ -119,6 +132,7 @@ mod tests {
             initial: Duration::from_millis(100),
             max_pause: Duration::from_secs(1),
             budget: Duration::from_secs(10),
+            throttles_use_tries: true,
         };
         let second = p.pause(2, None);
         assert!(second >= Duration::from_millis(50) && second <= Duration::from_millis(100), "{second:?}");
@@ -135,12 +149,19 @@ mod tests {
             initial: Duration::from_millis(1),
             max_pause: Duration::from_millis(2),
             budget: Duration::from_secs(5),
+            throttles_use_tries: true,
         };
         let calls = AtomicUsize::new(0);
-        let tried = with_retries(&p, &AtomicBool::new(false), &Progress::default(), || -> Result<(), _> {
-            calls.fetch_add(1, Ordering::Relaxed);
-            Err(BackendError::new(ErrorKind::ServerError, "boom"))
-        });
+        let tried = with_retries(
+            &p,
+            &AtomicBool::new(false),
+            &Progress::default(),
+            &Limiter::fixed("model", 1),
+            || -> Result<(), _> {
+                calls.fetch_add(1, Ordering::Relaxed);
+                Err(BackendError::new(ErrorKind::ServerError, "boom"))
+            },
+        );
         match tried {
             Tried::Done(Err(e), 3) => assert!(e.message.contains("gave up after 3 tries"), "{e}"),
             _ => panic!("expected a final error after 3 tries"),
@@ -155,10 +176,35 @@ mod tests {
             initial: Duration::from_millis(1),
             max_pause: Duration::from_millis(2),
             budget: Duration::from_secs(5),
+            throttles_use_tries: true,
         };
-        let tried = with_retries(&p, &AtomicBool::new(false), &Progress::default(), || -> Result<(), _> {
-            Err(BackendError::bad_request("no"))
-        });
+        let tried = with_retries(
+            &p,
+            &AtomicBool::new(false),
+            &Progress::default(),
+            &Limiter::fixed("model", 1),
+            || -> Result<(), _> { Err(BackendError::bad_request("no")) },
+        );
         assert!(matches!(tried, Tried::Done(Err(_), 1)));
+    }
+
+    #[test]
+    fn under_an_automatic_limit_throttles_do_not_use_up_the_tries() {
+        let p = RetryPolicy {
+            max_tries: 2,
+            initial: Duration::from_millis(1),
+            max_pause: Duration::from_millis(2),
+            budget: Duration::from_secs(5),
+            throttles_use_tries: false,
+        };
+        let calls = AtomicUsize::new(0);
+        let tried = with_retries(&p, &AtomicBool::new(false), &Progress::default(), &Limiter::auto("model", 8), || {
+            // Five 429s, then an answer.
+            match calls.fetch_add(1, Ordering::Relaxed) {
+                0..5 => Err(BackendError::new(ErrorKind::RateLimited, "rate limited (HTTP 429)")),
+                _ => Ok(()),
+            }
+        });
+        assert!(matches!(tried, Tried::Done(Ok(()), 6)));
     }
 }

@@ -111,6 +111,7 @@ pub fn merge(dirs: &[PathBuf], out: Option<&Path>) -> anyhow::Result<MergeOutcom
         shard: None,
         merged_from: shards.iter().map(|s| s.dir.clone()).collect(),
         provenance: Some(provenance.clone()),
+        concurrency: Vec::new(),
         ..first.info.clone()
     };
     info.write(&run_dir)?;
