@@ -1,5 +1,5 @@
 //! Command line: `run`, `validate`, `judge` (re-judge a finished run's answers), `merge` (a run's
-//! shards into one run) and `plugins`.
+//! shards into one run), `serve` (a backend as an OpenAI-compatible endpoint) and `plugins`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -62,6 +62,26 @@ pub enum Command {
         /// The new run's name (default: `<run name>--<judge component>`).
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Serves the `[model]` of a TOML file (a manifest works) as an OpenAI-compatible endpoint.
+    Serve {
+        /// A TOML file with a `[model]` section.
+        model: PathBuf,
+        /// The address to listen on (loopback by default).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// The port (0: any free port; the address is printed).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// The variable holding the key clients must send as `Authorization: Bearer <key>`.
+        #[arg(long, value_name = "VAR")]
+        api_key_env: Option<String>,
+        /// The model's name in /v1/models (default: the checkpoint, else the arch).
+        #[arg(long)]
+        model_name: Option<String>,
+        /// How long a batch waits for more requests after its first, in milliseconds.
+        #[arg(long, default_value_t = 5)]
+        batch_window_ms: u64,
     },
     /// Lists the backends and judges on the plugin path, or describes one.
     Plugins {
@@ -163,6 +183,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Validate { manifest } => validate(&manifest, &common),
         Command::Judge { run_dir, judge, name } => rejudge(&run_dir, &judge, name, &common),
+        Command::Serve { model, host, port, api_key_env, model_name, batch_window_ms } => {
+            crate::serve::serve(crate::serve::ServeOptions {
+                model_file: model,
+                host,
+                port,
+                api_key_env,
+                model_name,
+                batch_window: std::time::Duration::from_millis(batch_window_ms),
+                plugin_dirs: common.plugin_path.clone(),
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugins { name } => plugins(name.as_deref(), &common),
     }
 }

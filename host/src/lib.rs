@@ -16,5 +16,6 @@ pub mod manifest;
 pub mod report;
 pub mod run;
 pub mod secrets;
+pub mod serve;
 pub mod shard;
 pub mod store;

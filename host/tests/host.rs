@@ -13,6 +13,7 @@ mod judge_sandbox;
 mod local_models;
 mod plugin_authors;
 mod rate_limits;
+mod serve;
 mod shards;
 mod support;
 

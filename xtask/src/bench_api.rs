@@ -7,8 +7,8 @@
 //! - With `--rate-limit R[,R...]`: the server admits R requests a second per model (a token bucket
 //!   holding one second's worth) and answers 429 with Retry-After beyond it, as providers do. Each R
 //!   is run with the fixed `--concurrency` and with `concurrency = "auto"`, from a cold start;
-//!   the table gives the achieved rate per endpoint, the wall time against the ideal `N/R`, the
-//!   429s seen and the items left unscored. Goal for `"auto"`: at least 90% of R, none unscored.
+//!   the table gives the achieved rate (items scored a second, each a model and a judge call), the
+//!   wall time against the ideal `N/R`, the 429s seen and the items left unscored. Goal for `"auto"`: at least 90% of R, none unscored.
 
 use std::path::Path;
 use std::process::Command;
@@ -81,7 +81,8 @@ pub(super) fn bench_api(args: &[String]) -> anyhow::Result<()> {
         let ideal = n as f64 / rate;
         for (tag, value) in [("fixed", concurrency.to_string()), ("auto", "\"auto\"".to_owned())] {
             let m = measure(tmp.path(), &format!("{tag}-{rate}"), &value, delay, Some(rate))?;
-            let achieved = n as f64 / m.wall;
+            // Items scored per second: an item that failed for rate limits is not throughput.
+            let achieved = (n as u64).saturating_sub(m.unscored) as f64 / m.wall;
             let share = 100.0 * achieved / rate;
             println!(
                 "| {rate:>6} | {:>11} | {:>6.1} | {ideal:>11.1} | {achieved:>10.1} | {share:>5.1}% | {:>4} | {:>8} |",

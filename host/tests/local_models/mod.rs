@@ -12,18 +12,18 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-fn fixtures() -> PathBuf {
+pub(crate) fn fixtures() -> PathBuf {
     workspace().join("tests/fixtures")
 }
 
-fn golden(checkpoint: &str) -> Value {
+pub(crate) fn golden(checkpoint: &str) -> Value {
     let path = fixtures().join("golden").join(checkpoint).join("golden.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
 /// One dataset item per golden case: the case's question and a copy of its image.
-fn golden_dataset(root: &Path, golden: &Value) -> Dataset {
+pub(crate) fn golden_dataset(root: &Path, golden: &Value) -> Dataset {
     let cases = golden["cases"].as_array().unwrap();
     let items: Vec<TestItem> = cases
         .iter()
@@ -39,7 +39,14 @@ fn golden_dataset(root: &Path, golden: &Value) -> Dataset {
     })
 }
 
-fn local_manifest(ds: &Dataset, arch: &str, checkpoint: &Path, out: &Path, name: &str, max_new: u64) -> Value {
+pub(crate) fn local_manifest(
+    ds: &Dataset,
+    arch: &str,
+    checkpoint: &Path,
+    out: &Path,
+    name: &str,
+    max_new: u64,
+) -> Value {
     json!({
         "dataset": {"root": ds.root},
         "model": {
