@@ -35,7 +35,9 @@ pub mod prepare;
 pub mod progress;
 pub mod retry;
 
-pub use prepare::{AnswerSource, Prepared, answer_provenance, check_local_paths, judge_limits, prepare, prepare_with};
+pub use prepare::{
+    AnswerSource, Prepared, answer_provenance, backend_config, check_local_paths, judge_limits, prepare, prepare_with,
+};
 pub use progress::Progress;
 pub use retry::RetryPolicy;
 

@@ -184,7 +184,7 @@ pub fn answer_provenance(lib: &BackendLibrary, model: &ModelSection, settings: G
 }
 
 /// What a backend is created with for a model section.
-pub(super) fn backend_config(model: &ModelSection, base_dir: &Path) -> BackendConfig {
+pub fn backend_config(model: &ModelSection, base_dir: &Path) -> BackendConfig {
     BackendConfig {
         arch: model.arch.clone(),
         checkpoint: model.checkpoint.clone(),

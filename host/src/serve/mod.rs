@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use vlsbench_plugin_api::{BackendConfig, GenerationSettings};
+use vlsbench_plugin_api::GenerationSettings;
 
 use crate::backend::{self, Backend};
 use crate::manifest::{ModelSection, parse_toml};
@@ -93,14 +93,7 @@ fn load(opts: &ServeOptions) -> anyhow::Result<Served> {
     let max_batch = library.info.max_batch.max(1) as usize;
     let workers = if library.info.concurrent { 8 } else { 1 };
     let checkpoint_is_path = library.info.checkpoint_is_path;
-    let config = BackendConfig {
-        arch: model.arch.clone(),
-        checkpoint: model.checkpoint.clone(),
-        device: model.device.clone(),
-        dtype: model.dtype.clone(),
-        options: model.options_json(),
-        base_dir,
-    };
+    let config = crate::run::backend_config(&model, &base_dir);
     tracing::info!("loading {} for arch {}", library.label(), model.arch);
     let backend = Backend::create(library, &config).map_err(|e| anyhow::anyhow!("{}: {e}", at()))?;
     let api_key = match &opts.api_key_env {
