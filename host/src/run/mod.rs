@@ -15,6 +15,7 @@
 //!
 //! [`execute`] ties them together: the run folder, the pipeline, then the reports.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -23,8 +24,6 @@ use anyhow::{Context, bail};
 
 use crate::fsutil::write_atomic;
 use crate::manifest::LoadedManifest;
-use std::collections::BTreeMap;
-
 use crate::report::{self, ReportInput, Summary};
 use crate::shard::Shard;
 use crate::store::{self, AnswerProvenance, AnswerRecord, JudgeProvenance, Store, Stored, VerdictRecord};
