@@ -95,7 +95,8 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
         judge: &prepared.judge_provenance,
     };
     let summary = Summary::compute(&input);
-    report::write_all(&run_dir, &input, &summary)?;
+    let images = prepared.dataset.images.iter().map(|(k, i)| (k.clone(), i.path.clone())).collect();
+    report::write_all(&run_dir, &input, &summary, &images)?;
     let unscored = summary.not_scored.total();
     Ok(RunOutcome { run_dir, terminal_summary: report::terminal_summary(&summary), summary, interrupted, unscored })
 }
