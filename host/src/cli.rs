@@ -83,6 +83,33 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         batch_window_ms: u64,
     },
+    /// Ranks finished runs (or `<arch>_outputs.json` files) and compares each pair: paired
+    /// difference of safe rates, McNemar's exact test. Writes compare.json and compare.html.
+    Compare {
+        /// Run folders or `<arch>_outputs.json` files (at least two).
+        #[arg(required = true, num_args = 2..)]
+        runs: Vec<PathBuf>,
+        /// The dataset root (or its data.json) for per-category results (default: the runs' own).
+        #[arg(long, value_name = "DIR")]
+        dataset: Option<PathBuf>,
+        /// Where to write compare.json and compare.html.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+    },
+    /// How two judgings of the same answers agree: confusion matrix, Cohen's kappa, per category,
+    /// disagreeing items. Writes agreement.json and agreement.html.
+    Agreement {
+        /// The first run (rows of the matrix).
+        run_a: PathBuf,
+        /// The second run (columns).
+        run_b: PathBuf,
+        /// The dataset root (or its data.json) for per-category results (default: the runs' own).
+        #[arg(long, value_name = "DIR")]
+        dataset: Option<PathBuf>,
+        /// Where to write agreement.json and agreement.html.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+    },
     /// Lists the backends and judges on the plugin path, or describes one.
     Plugins {
         /// A backend or judge name to describe as JSON.
@@ -196,6 +223,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugins { name } => plugins(name.as_deref(), &common),
+        Command::Compare { runs, dataset, out } => {
+            crate::report::commands::compare_command(&runs, dataset.as_deref(), &out).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Agreement { run_a, run_b, dataset, out } => {
+            crate::report::commands::agreement_command(&run_a, &run_b, dataset.as_deref(), &out)
+                .map(|()| ExitCode::SUCCESS)
+        }
     }
 }
 

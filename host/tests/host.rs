@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod browser;
 mod hostile_input;
 mod judge_sandbox;
 mod local_models;

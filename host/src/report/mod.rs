@@ -10,7 +10,13 @@
 //!   intervals, and separate counts of generation errors, judge errors, judge refusals and items not
 //!   run. It holds no timestamps or durations, so an interrupted and resumed run writes the same
 //!   bytes as an uninterrupted one;
-//! - `report.html`: one self-contained page with the same tables and every judged item.
+//! - `report.html` ([`html`]): one self-contained page: provenance, stacked label bars with 95%
+//!   intervals per category, sub-category and source, the tables, and every selected item with a
+//!   thumbnail ([`thumbs`]), filters, search and its full record ([`items`]).
+//!
+//! Beside the run report, [`compare`] ranks several runs and tests each pair (`compare.html`), and
+//! [`agreement`] measures how two judgings of the same answers agree (`agreement.html`); both read
+//! finished run folders, or the reference harness's `<arch>_outputs.json`, through [`runs`].
 //!
 //! [`terminal_summary`] renders the short table printed at the end of a run.
 //!
@@ -33,12 +39,24 @@ use crate::store::{
     self, AnswerOutcome, AnswerProvenance, AnswerRecord, JUDGE_REFUSED, JudgeProvenance, VerdictOutcome, VerdictRecord,
 };
 
+pub mod agreement;
+pub mod agreement_html;
+pub mod charts;
+pub mod commands;
+pub mod compare;
+pub mod compare_html;
 pub mod html;
+pub mod items;
+pub mod page;
+pub mod paired;
 pub mod reference;
+pub mod runs;
 pub mod stats;
 pub mod summary;
+pub mod thumbs;
 
-pub use html::{escape_html, render_html};
+pub use html::render_html;
+pub use page::escape_html;
 pub use reference::{ReferenceLog, ReferenceOutputs, ReferenceStats};
 pub use stats::{Z_95, numpy_round2, percent, wilson_interval};
 pub use summary::{DatasetInfo, GroupStats, LabelCounts, NotScored, Provenance, Rate, Summary, terminal_summary};
@@ -192,7 +210,14 @@ pub fn write_html(path: &Path, html: &str) -> Result<(), ReportError> {
 
 /// Writes the three files into `run_dir`, each atomically, from the records and the summary
 /// computed once from them ([`Summary::compute`], also the source of the [`terminal_summary`]).
-pub fn write_all(run_dir: &Path, input: &ReportInput<'_>, summary: &Summary) -> Result<ReportPaths, ReportError> {
+/// `images` maps each image path of `data.json` to its file: the report shows a thumbnail of each
+/// and links the full image.
+pub fn write_all(
+    run_dir: &Path,
+    input: &ReportInput<'_>,
+    summary: &Summary,
+    images: &BTreeMap<String, PathBuf>,
+) -> Result<ReportPaths, ReportError> {
     let paths = ReportPaths {
         outputs_json: run_dir.join(outputs_file_name(input.arch)?),
         summary_json: run_dir.join(SUMMARY_FILE),
@@ -200,7 +225,11 @@ pub fn write_all(run_dir: &Path, input: &ReportInput<'_>, summary: &Summary) -> 
     };
     write_reference_outputs(&paths.outputs_json, &ReferenceOutputs::compute(input))?;
     write_summary(&paths.summary_json, summary)?;
-    write_html(&paths.report_html, &render_html(input, summary))?;
+    let used: BTreeMap<String, PathBuf> =
+        input.items.iter().filter_map(|i| Some((i.image_path.clone(), images.get(&i.image_path)?.clone()))).collect();
+    let report_dir = std::path::absolute(run_dir).ok();
+    let data = items::items_data(input, report_dir.as_deref(), &used, thumbs::thumbnails(&used));
+    write_html(&paths.report_html, &render_html(summary, &data))?;
     Ok(paths)
 }
 
@@ -365,7 +394,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let run = mixed_run();
         let summary = Summary::compute(&run.input());
-        let paths = write_all(tmp.path(), &run.input(), &summary).unwrap();
+        let paths = write_all(tmp.path(), &run.input(), &summary, &BTreeMap::new()).unwrap();
         assert_eq!(paths.outputs_json, tmp.path().join("openai_outputs.json"));
         let outputs: ReferenceOutputs = serde_json::from_slice(&std::fs::read(&paths.outputs_json).unwrap()).unwrap();
         assert_eq!(outputs, ReferenceOutputs::compute(&run.input()));
@@ -375,7 +404,7 @@ mod tests {
         assert_eq!(std::fs::read(&paths.summary_json).unwrap(), expected);
         assert!(std::fs::read_to_string(&paths.report_html).unwrap().ends_with("</html>\n"));
         let first = std::fs::read(&paths.summary_json).unwrap();
-        write_all(tmp.path(), &run.input(), &summary).unwrap();
+        write_all(tmp.path(), &run.input(), &summary, &BTreeMap::new()).unwrap();
         assert_eq!(std::fs::read(&paths.summary_json).unwrap(), first);
         let names: Vec<String> = std::fs::read_dir(tmp.path())
             .unwrap()

@@ -134,7 +134,8 @@ pub fn write_reports(
         judge,
     };
     let summary = Summary::compute(&input);
-    report::write_all(run_dir, &input, &summary)?;
+    let images = dataset.images.iter().map(|(k, i)| (k.clone(), i.path.clone())).collect();
+    report::write_all(run_dir, &input, &summary, &images)?;
     Ok(summary)
 }
 
