@@ -269,7 +269,7 @@ mod tests {
         std::fs::write(run_dir.join("manifest.toml"), "[dataset]\nroot = \"ds\"\n").unwrap();
         let info = serde_json::json!({"manifest_base_dir": tmp.path()});
         std::fs::write(run_dir.join("run.json"), info.to_string()).unwrap();
-        let runs = load_runs(&[run_dir.clone()]).unwrap();
+        let runs = load_runs(std::slice::from_ref(&run_dir)).unwrap();
         let missing = load_catalog(None, &runs).unwrap();
         assert!(!missing.found && missing.source.contains("--dataset"), "{}", missing.source);
 
