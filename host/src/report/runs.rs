@@ -260,6 +260,32 @@ mod tests {
     }
 
     #[test]
+    fn categories_come_from_the_data_json_the_runs_manifest_names_relative_to_its_base() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run_dir = tmp.path().join("out").join("r1");
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let run = mixed_run();
+        write_all(&run_dir, &run.input(), &Summary::compute(&run.input()), &BTreeMap::new()).unwrap();
+        std::fs::write(run_dir.join("manifest.toml"), "[dataset]\nroot = \"ds\"\n").unwrap();
+        let info = serde_json::json!({"manifest_base_dir": tmp.path()});
+        std::fs::write(run_dir.join("run.json"), info.to_string()).unwrap();
+        let runs = load_runs(std::slice::from_ref(&run_dir)).unwrap();
+        let missing = load_catalog(None, &runs).unwrap();
+        assert!(!missing.found && missing.source.contains("--dataset"), "{}", missing.source);
+
+        std::fs::create_dir_all(tmp.path().join("ds")).unwrap();
+        let items: Vec<_> = run.items.iter().collect();
+        std::fs::write(tmp.path().join("ds/data.json"), serde_json::to_string(&items).unwrap()).unwrap();
+        let catalog = load_catalog(None, &runs).unwrap();
+        assert!(catalog.found, "{}", catalog.source);
+        assert_eq!(catalog.items.len(), run.items.len());
+        assert_eq!(catalog.items[&3].category, "Violent");
+        // --dataset wins, and may name the folder or the file.
+        let explicit = load_catalog(Some(&tmp.path().join("ds")), &[]).unwrap();
+        assert_eq!(explicit.items.len(), run.items.len());
+    }
+
+    #[test]
     fn a_folder_that_is_not_a_run_is_named() {
         let tmp = tempfile::tempdir().unwrap();
         let e = load_run(tmp.path()).unwrap_err();
