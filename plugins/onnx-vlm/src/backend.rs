@@ -128,6 +128,14 @@ impl OnnxBackend {
         self.runtime
     }
 
+    /// The Qwen2-VL model, when the export is one (benchmarks drive it directly).
+    pub fn qwen2vl(&self) -> Option<&Qwen2VlOnnx> {
+        match &self.model {
+            Model::Qwen2Vl(m) => Some(m),
+            Model::LlavaHf(_) => None,
+        }
+    }
+
     pub fn graphs(&self) -> &Graphs {
         match &self.model {
             Model::Qwen2Vl(m) => &m.graphs,

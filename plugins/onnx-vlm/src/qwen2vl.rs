@@ -83,7 +83,9 @@ impl Qwen2VlOnnx {
         Ok(QwenPrompt { prompt, rope_delta })
     }
 
-    fn embed(
+    /// A prepared request's prompt (ids and images from [`Qwen2VlInputs::prepare`]): the vision and
+    /// embedding graphs, the features spliced over the image tokens.
+    pub fn embed(
         &self,
         ids: &[u32],
         images: &[vlm_core::qwen2vl::processor::ProcessedImage],

@@ -96,8 +96,8 @@ pub fn preprocess(path: &Path, cfg: &ImageProcessorConfig) -> Result<(Vec<f32>, 
 
 #[cfg(test)]
 mod tests {
-    use super::config::ProcessorConfig;
     use super::*;
+    use crate::llava::config::ProcessorConfig;
     use crate::npy;
 
     const IMAGES: [&str; 7] = ["square", "wide", "tall", "tiny", "large", "gray", "rgba"];

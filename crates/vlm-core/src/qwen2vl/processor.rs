@@ -230,7 +230,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let p: PathBuf = dir.join("needle.png");
         image::RgbImage::new(402, 2).save(&p).unwrap();
-        let cfg = super::config::ImageProcessorConfig::from_value(&serde_json::json!({}), Path::new("p"), "").unwrap();
+        let cfg = crate::qwen2vl::config::ImageProcessorConfig::from_value(&serde_json::json!({}), Path::new("p"), "")
+            .unwrap();
         let e = preprocess(&p, &cfg).unwrap_err().to_string();
         assert!(e.contains("needle.png") && e.contains("402x2") && e.contains("aspect ratio"), "{e}");
     }
@@ -238,7 +239,7 @@ mod tests {
     #[test]
     fn patches_follow_transformers_merge_block_order() {
         // A 1-channel-distinct 4x4 patch grid of 1-pixel patches: value = c*1000 + y*10 + x.
-        let cfg = super::config::ImageProcessorConfig::from_value(
+        let cfg = crate::qwen2vl::config::ImageProcessorConfig::from_value(
             &serde_json::json!({"patch_size": 1, "merge_size": 2, "temporal_patch_size": 2}),
             Path::new("p"),
             "",
@@ -262,9 +263,12 @@ mod tests {
     fn patches_equal_a_literal_reshape_and_permute() {
         // `_preprocess` done generically: the frames (tps, c, h, w) viewed as the 9-D shape
         // (1, tps, c, gh/m, m, p, gw/m, m, p), axes permuted (0, 3, 6, 4, 7, 2, 1, 5, 8), flattened.
-        let cfg =
-            super::config::ImageProcessorConfig::from_value(&serde_json::json!({"patch_size": 2}), Path::new("p"), "")
-                .unwrap();
+        let cfg = crate::qwen2vl::config::ImageProcessorConfig::from_value(
+            &serde_json::json!({"patch_size": 2}),
+            Path::new("p"),
+            "",
+        )
+        .unwrap();
         let (p, m, tps, c) = (2usize, 2usize, 2usize, 3usize);
         let (h, w) = (8usize, 12usize);
         let chw: Vec<f32> = (0..c * h * w).map(|i| i as f32).collect();
