@@ -109,6 +109,19 @@ fn probe_version(path: &Path) -> Result<String, String> {
     Ok(s.to_string_lossy().into_owned())
 }
 
+/// A library reporting `version` is usable when it is 1.x with x >= [`MIN_ORT_MINOR`].
+pub fn check_version(path: &Path, source: LibrarySource, version: &str) -> Result<(), RuntimeError> {
+    match minor_of(version) {
+        Some(m) if m >= MIN_ORT_MINOR => Ok(()),
+        _ => Err(RuntimeError::Version {
+            path: path.to_owned(),
+            source_desc: source.describe(),
+            found: version.to_owned(),
+            needed: MIN_ORT_MINOR,
+        }),
+    }
+}
+
 /// The process's ONNX Runtime: its path and version, and the environment sessions are built in.
 pub struct Runtime {
     pub path: PathBuf,
@@ -150,17 +163,7 @@ impl Runtime {
             needed: MIN_ORT_MINOR,
         };
         let version = probe_version(&path).map_err(load_err)?;
-        match minor_of(&version) {
-            Some(m) if m >= MIN_ORT_MINOR => {}
-            _ => {
-                return Err(RuntimeError::Version {
-                    path: path.clone(),
-                    source_desc: desc,
-                    found: version,
-                    needed: MIN_ORT_MINOR,
-                });
-            }
-        }
+        check_version(&path, source, &version)?;
         let env = ort::init_from(&path)
             .map_err(|e| load_err(e.to_string()))?
             .with_name("vlsbench")
@@ -171,7 +174,7 @@ impl Runtime {
         Ok(rt)
     }
 
-    /// The execution providers the library was built with (`CPUExecutionProvider`, ...).
+    /// Whether the library was built with the CUDA execution provider.
     pub fn has_cuda(&self) -> bool {
         ep::CUDA::is_available().unwrap_or(false)
     }
@@ -222,6 +225,17 @@ mod tests {
         assert_eq!(minor_of("1.22.1"), Some(22));
         assert_eq!(minor_of("2.0.0"), None);
         assert_eq!(minor_of("garbage"), None);
+    }
+
+    #[test]
+    fn a_library_too_old_for_ort_names_the_path_the_version_found_and_the_version_needed() {
+        let p = Path::new("/opt/ort/libonnxruntime.so.1.16.3");
+        let e = check_version(p, LibrarySource::Env, "1.16.3").unwrap_err().to_string();
+        assert!(e.contains("/opt/ort/libonnxruntime.so.1.16.3") && e.contains("ORT_DYLIB_PATH"), "{e}");
+        assert!(e.contains("version 1.16.3") && e.contains(&format!(">= 1.{MIN_ORT_MINOR}.0")), "{e}");
+        assert!(check_version(p, LibrarySource::Option, "1.32.0").is_ok());
+        assert!(check_version(p, LibrarySource::Option, &format!("1.{MIN_ORT_MINOR}.0")).is_ok());
+        assert!(check_version(p, LibrarySource::Option, "2.0.0").is_err());
     }
 
     #[test]

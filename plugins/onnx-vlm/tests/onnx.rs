@@ -47,7 +47,7 @@ fn options(lib: &Path) -> OnnxOptions {
 
 fn load(lib: &Path, checkpoint: &str, arch: &str) -> OnnxBackend {
     let dir = fixtures().join("checkpoints").join(checkpoint);
-    let mut b = OnnxBackend::load(&dir, arch, "cpu", Some("f32"), &options(lib)).unwrap();
+    let mut b = OnnxBackend::load(&dir, arch, "cpu", None, &options(lib)).unwrap();
     // The fixtures' greedy goldens run 24 tokens without an EOS stop or a repetition penalty.
     b.set_eos(vec![]);
     b.set_repetition_penalty(1.0);
@@ -60,7 +60,7 @@ fn layout(arch: &str) -> MessageLayout {
 
 /// Every golden case: first-step logits within 1e-4 of onnxruntime's in Python, greedy tokens
 /// equal to onnxruntime's and to transformers'.
-fn cases_match_python(checkpoint: &str, arch: &str) {
+fn cases_match_python(checkpoint: &str, arch: &str, tolerance: f32) {
     let Some(lib) = library() else { return };
     let b = load(&lib, checkpoint, arch);
     let g = golden(checkpoint);
@@ -78,7 +78,6 @@ fn cases_match_python(checkpoint: &str, arch: &str) {
         let d = max_abs_diff(&logits, &want.data);
         worst = worst.max(d);
         let golden_tokens = ids(&c["greedy_tokens"]);
-        assert!(c["greedy_tokens_equal_transformers"].as_bool().unwrap());
         report.push(format!(
             "{} / {}: |dlogit| {d:.2e}, tokens {}",
             c["image"],
@@ -86,19 +85,44 @@ fn cases_match_python(checkpoint: &str, arch: &str) {
             if tokens == golden_tokens { "equal" } else { "DIFFER" }
         ));
         assert_eq!(tokens, golden_tokens, "{checkpoint} {} / {}:\n{}", c["image"], c["prompt_id"], report.join("\n"));
-        assert!(d < 1e-4, "{checkpoint} {} / {}: |dlogit| {d}\n{}", c["image"], c["prompt_id"], report.join("\n"));
+        assert!(d < tolerance, "{checkpoint} {} / {}: |dlogit| {d}\n{}", c["image"], c["prompt_id"], report.join("\n"));
     }
     println!("{checkpoint}: {} cases, worst |dlogit| {worst:.2e}\n{}", cases.len(), report.join("\n"));
 }
 
 #[test]
 fn qwen2vl_export_matches_onnxruntime_in_python_and_transformers_on_every_case() {
-    cases_match_python("qwen2vl_onnx", ARCH_QWEN2VL);
+    cases_match_python("qwen2vl_onnx", ARCH_QWEN2VL, 1e-4);
+    assert!(
+        golden("qwen2vl_onnx")["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["greedy_tokens_equal_transformers"] == true)
+    );
+}
+
+#[test]
+fn an_f16_qwen2vl_export_runs_in_f16_and_matches_onnxruntime_in_python() {
+    let Some(lib) = library() else { return };
+    let dir = fixtures().join("checkpoints/qwen2vl_onnx_f16");
+    let b = OnnxBackend::load(&dir, ARCH_QWEN2VL, "cpu", None, &options(&lib)).unwrap();
+    assert_eq!(b.elem().name(), "f16", "dtype follows the graph");
+    // Our f32 pixels rounded to f16 at the graph's edge, as Python rounds them: the same graph, so
+    // the logits agree to f16's resolution at these magnitudes.
+    cases_match_python("qwen2vl_onnx_f16", ARCH_QWEN2VL, 1e-2);
 }
 
 #[test]
 fn llava_hf_export_matches_onnxruntime_in_python_and_transformers_on_every_case() {
-    cases_match_python("llava_hf_onnx", ARCH_LLAVA_HF);
+    cases_match_python("llava_hf_onnx", ARCH_LLAVA_HF, 1e-4);
+    assert!(
+        golden("llava_hf_onnx")["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["greedy_tokens_equal_transformers"] == true)
+    );
 }
 
 /// Requests of different lengths decoded together give each the tokens it gets alone.
