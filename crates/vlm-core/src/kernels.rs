@@ -139,10 +139,9 @@ pub fn splice_rows(emb: &mut [f32], hidden: usize, ids: &[u32], image_id: u32, f
             "Image features and image tokens do not match: tokens: {n_img}, features {n_feat}"
         )));
     }
-    let mut f = 0;
-    for (i, _) in ids.iter().enumerate().filter(|(_, t)| **t == image_id) {
-        emb[i * hidden..(i + 1) * hidden].copy_from_slice(&features[f * hidden..(f + 1) * hidden]);
-        f += 1;
+    let at = ids.iter().enumerate().filter(|(_, t)| **t == image_id).map(|(i, _)| i);
+    for (i, row) in at.zip(features.chunks_exact(hidden.max(1))) {
+        emb[i * hidden..(i + 1) * hidden].copy_from_slice(row);
     }
     Ok(())
 }

@@ -115,13 +115,13 @@ fn a_missing_onnx_runtime_library_stops_validate_and_run_before_any_item() {
     m["model"]["backend"] = json!("onnxruntime");
     let manifest = write_manifest(&tmp.path().join("noort_env.toml"), &m);
     let dir = RunDir(out.join("noort_env"));
-    let needed = format!(">= 1.{}", 22);
+    let needed = ">= 1.22.0";
     run(&manifest, dir.path())
         .env("ORT_DYLIB_PATH", &absent.display().to_string())
         .output()
         .failure()
         .stderr_has(&absent.display().to_string())
         .stderr_has("ORT_DYLIB_PATH")
-        .stderr_has(&needed);
+        .stderr_has(needed);
     assert!(!dir.path().join("answers.jsonl").exists() || dir.answers().is_empty(), "an item ran");
 }

@@ -200,8 +200,6 @@ impl TextModel {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn mrope_sections_pick_rows_as_apply_multimodal_rotary_pos_emb_does() {
         // head_dim 8: 4 frequencies, sections [1, 2, 1]. transformers: cat of chunks of sizes
