@@ -14,6 +14,8 @@
 //! - `cargo xtask bench llava --shape 7b [--dtype f16] [--new-tokens 16] [--with-transformers]`: a
 //!   llava-1.5-7b-shaped f16 checkpoint through our bench binary and one `vlsbench-host run` item
 //!   (peak RSS against the weights), see `bench7b`
+//! - `cargo xtask bench onnx [--max-batch 8] [--new-tokens 128]`: the onnxruntime backend against
+//!   the candle backend and transformers on the Qwen2-VL bench checkpoint (see `bench_onnx`)
 //! - `cargo xtask fixtures [--check]`  regenerate (or check) the parity fixtures (needs Python)
 
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ use anyhow::{Context, bail};
 
 mod bench7b;
 mod bench_api;
+mod bench_onnx;
 mod gpu;
 
 /// Native crates the host loads or tests against.
@@ -33,6 +36,7 @@ const NATIVE: &[&str] = &[
     "vlsbench-backend-candle-llava",
     "vlsbench-backend-candle-qwen2vl",
     "vlsbench-backend-candle-mllama",
+    "vlsbench-backend-onnxruntime",
     "vlsbench-fixture-wrong-abi-backend",
     "vlsbench-fixture-echo-backend",
     "vlsbench-fixture-hostile-backend",
@@ -57,16 +61,18 @@ fn main() -> anyhow::Result<()> {
             Some("llava") => bench_family(&LLAVA_BENCH, &args[2..]),
             Some("qwen2vl") => bench_family(&QWEN2VL_BENCH, &args[2..]),
             Some("mllama") => bench_family(&MLLAMA_BENCH, &args[2..]),
+            Some("onnx") => bench_onnx::bench_onnx(&args[2..]),
             _ => bail!(
                 "usage: cargo xtask bench api [--delay-ms MS] [--concurrency N] [--items N]\n       \
                  cargo xtask bench llava|qwen2vl|mllama [--dtype f32|f16|bf16] [--max-batch N] [--new-tokens N]\n       \
+                 cargo xtask bench onnx [--max-batch N] [--new-tokens N]\n       \
                  cargo xtask bench llava --shape 7b [--dtype f16] [--new-tokens N] [--with-transformers]"
             ),
         },
         Some("fixtures") => fixtures(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <build [--release] | build --cuda [--check] | gpu-check [--prepare] | test | demo | fixtures [--check] | bench api|llava|qwen2vl|mllama>"
+                "usage: cargo xtask <build [--release] | build --cuda [--check] | gpu-check [--prepare] | test | demo | fixtures [--check] | bench api|llava|qwen2vl|mllama|onnx>"
             );
             std::process::exit(2);
         }

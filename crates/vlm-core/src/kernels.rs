@@ -128,10 +128,37 @@ pub fn splice_image_features(
     Tensor::cat(&parts, 0)
 }
 
+/// [`splice_image_features`] on plain rows (the ONNX backend's graphs give `f32` rows):
+/// `emb` (n, hidden) row-major has the rows at the image-token positions replaced, in order, by
+/// the rows of `features`. The counts must agree, as transformers checks them.
+pub fn splice_rows(emb: &mut [f32], hidden: usize, ids: &[u32], image_id: u32, features: &[f32]) -> crate::Result<()> {
+    let n_img = ids.iter().filter(|&&t| t == image_id).count();
+    let n_feat = features.len() / hidden.max(1);
+    if n_img != n_feat || n_feat * hidden != features.len() || emb.len() != ids.len() * hidden {
+        return Err(crate::ModelError::Input(format!(
+            "Image features and image tokens do not match: tokens: {n_img}, features {n_feat}"
+        )));
+    }
+    let at = ids.iter().enumerate().filter(|(_, t)| **t == image_id).map(|(i, _)| i);
+    for (i, row) in at.zip(features.chunks_exact(hidden.max(1))) {
+        emb[i * hidden..(i + 1) * hidden].copy_from_slice(row);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn rows_are_spliced_in_order_and_a_count_mismatch_is_named() {
+        let mut emb = vec![0., 0., 1., 1., 2., 2., 3., 3.];
+        splice_rows(&mut emb, 2, &[5, 9, 5, 9], 9, &[7., 7., 8., 8.]).unwrap();
+        assert_eq!(emb, vec![0., 0., 7., 7., 2., 2., 8., 8.]);
+        let e = splice_rows(&mut emb, 2, &[5, 9, 5, 9], 9, &[7., 7.]).unwrap_err().to_string();
+        assert!(e.contains("tokens: 2, features 1"), "{e}");
+    }
 
     #[test]
     fn a_single_row_and_a_batch_give_the_products_candle_gives() {

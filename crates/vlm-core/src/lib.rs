@@ -31,6 +31,10 @@
 //!   line).
 //! - [`parity_run`]: the goldens checked from a plain binary on any device and dtype (the
 //!   `parity_<family>` examples that `cargo xtask gpu-check` runs on a GPU machine).
+//! - [`llava`]: the LLaVA family's configuration files and CLIP image processor, and LLaVA-1.5's
+//!   prompt ids, for the candle and ONNX backends.
+//! - [`qwen2vl`]: arch `qwen2vl` before and after the graphs (config, `qwen_vl_utils` + image
+//!   processor, M-RoPE positions, prompt ids, answer decoding), for the candle and ONNX backends.
 //! - [`error`]: the model error every stage returns.
 //! - [`npy`]: reads the goldens' `.npy` files (tests and tools); `testing` (hidden): what every
 //!   backend's parity tests share (goldens, requests, a PNG claiming any size, the parity table).
@@ -48,9 +52,11 @@ pub mod greedy;
 pub mod image;
 pub mod kernels;
 pub mod kv;
+pub mod llava;
 pub mod npy;
 pub mod parity_run;
 pub mod precision;
+pub mod qwen2vl;
 pub mod request;
 pub mod resize;
 pub mod sentencepiece;

@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
+mod onnx;
+
 pub(crate) fn fixtures() -> PathBuf {
     workspace().join("tests/fixtures")
 }
@@ -204,6 +206,7 @@ fn every_local_arch_has_an_example_manifest_whose_missing_paths_validate_names()
         ("llava.toml", "llava", "/path/to/llava-v1.5-7b"),
         ("qwen2vl.toml", "qwen2vl", "/path/to/Qwen2-VL-7B-Instruct"),
         ("mllama.toml", "mllama", "/path/to/Llama-3.2-11B-Vision-Instruct"),
+        ("onnx-qwen2vl.toml", "qwen2vl", "/path/to/Qwen2-VL-2B-Instruct-onnx"),
     ] {
         // As shipped: the dataset root is the first placeholder named.
         let shipped = workspace().join("examples").join(example);

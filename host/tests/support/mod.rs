@@ -55,6 +55,9 @@ pub fn candle_qwen2vl_backend() -> PathBuf {
 pub fn candle_mllama_backend() -> PathBuf {
     plugin_dir().join("libvlsbench_backend_candle_mllama.so")
 }
+pub fn onnxruntime_backend() -> PathBuf {
+    plugin_dir().join("libvlsbench_backend_onnxruntime.so")
+}
 pub fn wrong_abi_backend() -> PathBuf {
     plugin_dir().join("libvlsbench_fixture_wrong_abi_backend.so")
 }
@@ -79,6 +82,7 @@ pub fn require_built() {
         candle_llava_backend(),
         candle_qwen2vl_backend(),
         candle_mllama_backend(),
+        onnxruntime_backend(),
         wrong_abi_backend(),
         echo_backend(),
         vlsbench_judge(),

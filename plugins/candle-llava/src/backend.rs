@@ -16,7 +16,6 @@ use vlsbench_plugin_api::{
 use crate::anyres::{self, TokenCount};
 use crate::config::{self, ImageProcessorKind, ModelConfig, ModelType, ProcessorConfig};
 use crate::conversation::{self, PromptToken};
-use crate::image_proc;
 use crate::model::{Llava, PixelInput};
 use crate::original::{self, OriginalCheckpoint};
 use vlm_core::batch::{finish_generation, generate_in_batches, single};
@@ -165,10 +164,10 @@ impl CandleLlava {
 
     /// LLaVA-1.5: one (1, 3, H, W) tile and `LlavaProcessor`'s token count.
     fn clip_image(&self, processor: &ProcessorConfig, path: &Path) -> Result<(PixelInput, usize), String> {
-        let (px, h, w) = image_proc::preprocess(path, &processor.image).map_err(|e| e.to_string())?;
-        let n = processor.num_image_tokens(h, w).unwrap_or_else(|| self.model.config.image_features_per_image());
-        let px = Tensor::from_vec(px, (1, 3, h, w), &self.model.device).map_err(|e| e.to_string())?;
-        Ok((PixelInput::Single(px), n))
+        let img = vlm_core::llava::clip_image(path, processor, self.model.config.image_features_per_image())?;
+        let px = Tensor::from_vec(img.pixels, (1, 3, img.height, img.width), &self.model.device)
+            .map_err(|e| e.to_string())?;
+        Ok((PixelInput::Single(px), img.tokens))
     }
 
     /// LLaVA-NeXT: the base image and the grid's tiles, and `LlavaNextProcessor`'s token count.
@@ -214,17 +213,11 @@ impl CandleLlava {
         let rendered = template.render(&req.messages).map_err(|e| bad(&e))?;
         let token = &processor.image_token;
         let ids = match model_type {
-            ModelType::Llava => {
-                let n = n_tokens.first().copied().unwrap_or(0);
-                if n_tokens.iter().any(|&k| k != n) {
-                    return Err(bad(&"images of different sizes"));
-                }
-                tokenizer.encode(&rendered, token, n)
-            }
+            ModelType::Llava => vlm_core::llava::llava15_ids(&rendered, processor, tokenizer, &n_tokens),
             ModelType::LlavaNext => {
                 // Each image has its own count; the text is expanded here, so each token stays one.
                 let expanded = expand_image_tokens(&rendered, token, &n_tokens).map_err(|e| bad(&e))?;
-                tokenizer.encode(&expanded, token, 1)
+                tokenizer.encode(&expanded, token, 1).map_err(|e| e.to_string())
             }
         }
         .map_err(|e| bad(&e))?;

@@ -14,83 +14,49 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use vlm_core::batch::{finish_generation, generate_in_batches, single};
-use vlm_core::generation::{GenerationDefaults, OtherProcessors};
-use vlm_core::request::{budget_in_context, checkpoint_dtype_device, devices, greedy_budget, image_paths, model_error};
-use vlm_core::template::ChatTemplate;
-use vlm_core::tokenizer::{PromptTokenizer, clean_up_tokenization, expand_image_tokens, python_strip};
+use vlm_core::qwen2vl::Qwen2VlInputs;
+use vlm_core::request::{budget_in_context, checkpoint_dtype_device, devices, greedy_budget, model_error};
+use vlm_core::tokenizer::PromptTokenizer;
 use vlsbench_plugin_api::{
     Backend, BackendConfig, BackendError, BackendInfo, ChatMessage, GenerateRequest, Generation, MessageLayout,
 };
 
-use crate::config::{ImageProcessorConfig, Qwen2VlConfig};
+use crate::config::ImageProcessorConfig;
 use crate::model::{Prompt, Qwen2Vl};
-use crate::processor::{self, ProcessedImage};
+use crate::processor::ProcessedImage;
 
 pub const ARCH: &str = "qwen2vl";
 /// The most requests decoded together; `describe` says so to the host.
 pub const MAX_BATCH: usize = 8;
 /// `Qwen2VLProcessor.image_token`.
-pub const IMAGE_TOKEN: &str = "<|image_pad|>";
+pub use vlm_core::qwen2vl::IMAGE_TOKEN;
 
 /// One loaded Qwen2-VL checkpoint.
 pub struct CandleQwen2Vl {
     checkpoint: PathBuf,
     model: Qwen2Vl,
-    processor: ImageProcessorConfig,
-    template: ChatTemplate,
-    tokenizer: PromptTokenizer,
-    eos: Vec<u32>,
-    /// `generation_config.json`'s `repetition_penalty` (the reference leaves it in force), or
-    /// `[model.options] repetition_penalty`.
-    repetition_penalty: f32,
+    /// Configuration, image processor, chat template, tokenizer, EOS ids and the repetition
+    /// penalty (`generation_config.json`'s, or `[model.options] repetition_penalty`): the
+    /// preprocessing the ONNX backend shares.
+    inputs: Qwen2VlInputs,
 }
 
 impl CandleQwen2Vl {
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, BackendError> {
-        if !dir.is_dir() {
-            return Err(BackendError::bad_config(format!("checkpoint {} is not a directory", dir.display())));
-        }
-        let bad = |e: &dyn std::fmt::Display| BackendError::bad_config(e.to_string());
-        let cfg = Qwen2VlConfig::from_dir(dir).map_err(|e| bad(&e))?;
-        let processor = ImageProcessorConfig::from_dir(dir).map_err(|e| bad(&e))?;
-        processor.check_against(&cfg.vision).map_err(|e| bad(&e))?;
-        let template = ChatTemplate::from_dir(dir).map_err(|e| bad(&e))?;
-        let tokenizer = PromptTokenizer::from_dir(dir).map_err(|e| bad(&e))?;
-        match tokenizer.token_id(IMAGE_TOKEN) {
-            Some(id) if id == cfg.image_token_id => {}
-            other => {
-                return Err(BackendError::bad_config(format!(
-                    "{}: the tokenizer's {IMAGE_TOKEN} is {other:?}, config.json's image_token_id {}",
-                    dir.display(),
-                    cfg.image_token_id
-                )));
-            }
-        }
-        let generation = GenerationDefaults::from_dir(dir, OtherProcessors::Ignore).map_err(|e| bad(&e))?;
-        let eos = generation.eos_token_ids.unwrap_or_else(|| cfg.text.eos_token_ids.clone());
-        let repetition_penalty = generation.repetition_penalty as f32;
-        let model = Qwen2Vl::load(dir, cfg, dtype, device).map_err(|e| bad(&e))?;
-        Ok(Self { checkpoint: dir.to_owned(), model, processor, template, tokenizer, eos, repetition_penalty })
+        let inputs = Qwen2VlInputs::from_dir(dir)?;
+        let model = Qwen2Vl::load(dir, inputs.config.clone(), dtype, device)
+            .map_err(|e| BackendError::bad_config(e.to_string()))?;
+        Ok(Self { checkpoint: dir.to_owned(), model, inputs })
     }
 
     /// `processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`.
     pub fn rendered_prompt(&self, messages: &[ChatMessage]) -> Result<String, BackendError> {
-        self.template.render(messages).map_err(|e| BackendError::bad_request(e.to_string()))
+        self.inputs.rendered_prompt(messages)
     }
 
     /// A request's input ids and images, as `process_vision_info` and `Qwen2VLProcessor` make them.
     pub fn prepare(&self, req: &GenerateRequest) -> Result<(Vec<u32>, Vec<ProcessedImage>), BackendError> {
-        let item = &req.id;
-        let bad = |e: &dyn std::fmt::Display| BackendError::bad_request(format!("item {item}: {e}"));
-        let images = image_paths(&req.messages)
-            .into_iter()
-            .map(|p| processor::preprocess(p, &self.processor).map_err(|e| bad(&e)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let text = self.template.render(&req.messages).map_err(|e| bad(&e))?;
-        let counts: Vec<usize> = images.iter().map(|i| i.num_tokens(self.processor.merge_size)).collect();
-        let expanded = expand_image_tokens(&text, IMAGE_TOKEN, &counts).map_err(|e| bad(&e))?;
-        let ids = self.tokenizer.encode_text(&expanded, true).map_err(|e| bad(&e))?;
-        Ok((ids, images))
+        self.inputs.prepare(req)
     }
 
     /// A request prepared for the decoder, with its budget of new tokens.
@@ -105,8 +71,7 @@ impl CandleQwen2Vl {
 
     /// The answer text for generated tokens (EOS not included).
     pub fn decode(&self, tokens: &[u32]) -> Result<String, BackendError> {
-        let raw = self.tokenizer.decode(tokens).map_err(|e| BackendError::model_failure(e.to_string()))?;
-        Ok(python_strip(&clean_up_tokenization(&raw)).to_owned())
+        self.inputs.decode(tokens)
     }
 
     /// Greedy answers for several requests, decoded together [`MAX_BATCH`] at a time.
@@ -115,8 +80,10 @@ impl CandleQwen2Vl {
             requests,
             MAX_BATCH,
             |req| self.embed_request(req),
-            |prompts, budgets| self.model.greedy_batch(&prompts, budgets, &self.eos, self.repetition_penalty),
-            |req, tokens| finish_generation(&req.id, tokens, &self.eos, |t| self.decode(t)),
+            |prompts, budgets| {
+                self.model.greedy_batch(&prompts, budgets, &self.inputs.eos, self.inputs.repetition_penalty)
+            },
+            |req, tokens| finish_generation(&req.id, tokens, &self.inputs.eos, |t| self.decode(t)),
         )
     }
 
@@ -130,26 +97,26 @@ impl CandleQwen2Vl {
     }
 
     pub fn processor(&self) -> &ImageProcessorConfig {
-        &self.processor
+        &self.inputs.processor
     }
 
     pub fn tokenizer(&self) -> &PromptTokenizer {
-        &self.tokenizer
+        &self.inputs.tokenizer
     }
 
     /// Tests: stop at other tokens (the fixtures' greedy runs never reach their EOS).
     #[cfg(test)]
     pub(crate) fn set_eos(&mut self, eos: Vec<u32>) {
-        self.eos = eos;
+        self.inputs.eos = eos;
     }
 
     /// The repetition penalty decoding applies (1.0: none).
     pub fn repetition_penalty(&self) -> f32 {
-        self.repetition_penalty
+        self.inputs.repetition_penalty
     }
 
     pub fn eos(&self) -> &[u32] {
-        &self.eos
+        &self.inputs.eos
     }
 
     pub fn checkpoint(&self) -> &Path {
@@ -210,7 +177,7 @@ impl Backend for CandleQwen2Vl {
         };
         let mut backend = Self::load(&dir, dtype, &device)?;
         if let Some(p) = penalty {
-            backend.repetition_penalty = p;
+            backend.inputs.repetition_penalty = p;
         }
         Ok(backend)
     }

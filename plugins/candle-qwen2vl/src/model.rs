@@ -15,6 +15,7 @@ use vlm_core::greedy::greedy_loop;
 use vlm_core::kernels::splice_image_features;
 use vlm_core::kv::left_pad;
 use vlm_core::precision::compute_dtype;
+use vlm_core::qwen2vl::rope::{decode_step_positions, padded_deltas, padded_prefill_positions};
 use vlm_core::weights::{pick_prefix, var_builder};
 use vlm_core::{ModelError, Result};
 
@@ -154,19 +155,17 @@ impl Qwen2Vl {
         let embeds: Vec<Tensor> = prompts.iter().map(|p| p.embeds.clone()).collect();
         let (embeds, pads) = left_pad(&embeds)?;
         let n = embeds.dim(1)?;
-        let mut positions = Vec::with_capacity(b * n);
-        for (p, &pad) in prompts.iter().zip(&pads) {
-            positions.extend(std::iter::repeat_n([1u32; 3], pad));
-            positions.extend_from_slice(&p.positions);
-        }
-        let deltas: Vec<i64> = prompts.iter().zip(&pads).map(|(p, &pad)| p.rope_delta - pad as i64).collect();
+        let rows: Vec<&Positions> = prompts.iter().map(|p| &p.positions).collect();
+        let positions = padded_prefill_positions(&rows, &pads);
+        debug_assert_eq!(positions.len(), b * n);
+        let rope_deltas: Vec<i64> = prompts.iter().map(|p| p.rope_delta).collect();
+        let deltas = padded_deltas(&rope_deltas, &pads);
         let mut penalty = RepetitionPenalty::new(repetition_penalty, prompts.iter().map(|p| p.ids.clone()).collect());
         let mut cache = self.text.new_cache();
         let first = self.text.forward(&embeds, &positions, &pads, &mut cache)?;
         let tokens = greedy_loop(penalty.apply(first.clone())?, max_new_tokens, eos, |next| {
             let e = self.text.embed(next, &self.device)?.unsqueeze(1)?;
-            let at = cache.len as i64;
-            let pos: Vec<[u32; 3]> = deltas.iter().map(|d| [(at + d).max(0) as u32; 3]).collect();
+            let pos = decode_step_positions(cache.len, &deltas);
             let logits = self.text.forward(&e, &pos, &pads, &mut cache)?;
             penalty.push(next);
             penalty.apply(logits)
