@@ -205,6 +205,20 @@ impl<'a> Pipeline<'a> {
     pub(super) fn run(&self, show_progress: bool) {
         let items = &self.prepared.dataset.items;
         let total = items.len();
+        // A model that cannot be created fails the run before any item: every item would fail the
+        // same way, and a missing library or a bad option is better said before than recorded
+        // against the first item.
+        let prov = &self.prepared.model_provenance;
+        let to_generate = items.iter().any(|i| store::reusable_answer(self.stored, i.instruction_id, prov).is_none());
+        if to_generate && !self.judge_only {
+            match self.model_backend() {
+                Err(e) if !e.kind.is_retryable() => {
+                    self.fail(anyhow::anyhow!("cannot create the model under test: {e}"));
+                    return;
+                }
+                _ => {}
+            }
+        }
         let workers = self.workers.min(total).max(1);
         // Items go to the model in batches as large as the backend accepts (1 when it batches nothing).
         let max_batch = self.prepared.model_library.as_ref().map_or(1, |l| l.info.max_batch.max(1)) as usize;
