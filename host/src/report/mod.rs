@@ -217,6 +217,7 @@ pub fn write_all(
     input: &ReportInput<'_>,
     summary: &Summary,
     images: &BTreeMap<String, PathBuf>,
+    thumbnails: Option<BTreeMap<String, String>>,
 ) -> Result<ReportPaths, ReportError> {
     let paths = ReportPaths {
         outputs_json: run_dir.join(outputs_file_name(input.arch)?),
@@ -228,7 +229,9 @@ pub fn write_all(
     let used: BTreeMap<String, PathBuf> =
         input.items.iter().filter_map(|i| Some((i.image_path.clone(), images.get(&i.image_path)?.clone()))).collect();
     let report_dir = std::path::absolute(run_dir).ok();
-    let data = items::items_data(input, report_dir.as_deref(), &used, thumbs::thumbnails(&used));
+    // Thumbnails made beforehand (a run makes them while its items run), else now.
+    let thumbnails = thumbnails.unwrap_or_else(|| thumbs::thumbnails(&used));
+    let data = items::items_data(input, report_dir.as_deref(), &used, thumbnails);
     write_html(&paths.report_html, &render_html(summary, &data))?;
     Ok(paths)
 }
@@ -394,7 +397,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let run = mixed_run();
         let summary = Summary::compute(&run.input());
-        let paths = write_all(tmp.path(), &run.input(), &summary, &BTreeMap::new()).unwrap();
+        let paths = write_all(tmp.path(), &run.input(), &summary, &BTreeMap::new(), None).unwrap();
         assert_eq!(paths.outputs_json, tmp.path().join("openai_outputs.json"));
         let outputs: ReferenceOutputs = serde_json::from_slice(&std::fs::read(&paths.outputs_json).unwrap()).unwrap();
         assert_eq!(outputs, ReferenceOutputs::compute(&run.input()));
@@ -404,7 +407,7 @@ mod tests {
         assert_eq!(std::fs::read(&paths.summary_json).unwrap(), expected);
         assert!(std::fs::read_to_string(&paths.report_html).unwrap().ends_with("</html>\n"));
         let first = std::fs::read(&paths.summary_json).unwrap();
-        write_all(tmp.path(), &run.input(), &summary, &BTreeMap::new()).unwrap();
+        write_all(tmp.path(), &run.input(), &summary, &BTreeMap::new(), None).unwrap();
         assert_eq!(std::fs::read(&paths.summary_json).unwrap(), first);
         let names: Vec<String> = std::fs::read_dir(tmp.path())
             .unwrap()

@@ -248,7 +248,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let run = mixed_run();
         let summary = Summary::compute(&run.input());
-        let paths = write_all(tmp.path(), &run.input(), &summary, &BTreeMap::new()).unwrap();
+        let paths = write_all(tmp.path(), &run.input(), &summary, &BTreeMap::new(), None).unwrap();
         let folder = load_run(tmp.path()).unwrap();
         let file = load_run(&paths.outputs_json).unwrap();
         assert!(!folder.reference_file && file.reference_file);
@@ -265,7 +265,7 @@ mod tests {
         let run_dir = tmp.path().join("out").join("r1");
         std::fs::create_dir_all(&run_dir).unwrap();
         let run = mixed_run();
-        write_all(&run_dir, &run.input(), &Summary::compute(&run.input()), &BTreeMap::new()).unwrap();
+        write_all(&run_dir, &run.input(), &Summary::compute(&run.input()), &BTreeMap::new(), None).unwrap();
         std::fs::write(run_dir.join("manifest.toml"), "[dataset]\nroot = \"ds\"\n").unwrap();
         let info = serde_json::json!({"manifest_base_dir": tmp.path()});
         std::fs::write(run_dir.join("run.json"), info.to_string()).unwrap();

@@ -82,6 +82,10 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
         tracing::warn!("dropped {} torn line(s) left by an interrupted run", stored.dropped_torn_lines);
     }
     log_resume(prepared, &stored);
+    // The report's thumbnails are made while the items run, off the run's critical path.
+    let images: BTreeMap<String, PathBuf> =
+        prepared.dataset.images.iter().map(|(k, i)| (k.clone(), i.path.clone())).collect();
+    let thumbnails = std::thread::spawn(move || report::thumbs::thumbnails(&images));
     let pipeline = pipeline::Pipeline::new(prepared, (&store, &stored), opts.judge_only, cancel);
     pipeline.run(opts.progress);
     let interrupted = pipeline.cancelled();
@@ -98,7 +102,8 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
     verdicts.extend(written.verdicts);
     let records = Records { answers: &answers, verdicts: &verdicts };
     let provenance = (&prepared.model_provenance, &prepared.judge_provenance);
-    let summary = write_reports(&run_dir, &prepared.manifest, &prepared.dataset, records, provenance)?;
+    let thumbnails = thumbnails.join().ok();
+    let summary = write_reports(&run_dir, &prepared.manifest, &prepared.dataset, records, provenance, thumbnails)?;
     let unscored = summary.not_scored.total();
     let terminal_summary = report::terminal_summary(&summary);
     Ok(RunOutcome { run_dir, terminal_summary, summary, interrupted, unscored, concurrency })
@@ -113,13 +118,15 @@ pub struct Records<'a> {
 
 /// Computes the summary of `records` over the dataset's selected items and writes the run's
 /// reports (`summary.json`, `<arch>_outputs.json`, `report.html`). A run and a merge of its shards
-/// both end here, so the same records give the same files.
+/// both end here, so the same records give the same files. `thumbnails` are the report's, when
+/// made beforehand (else they are made here).
 pub fn write_reports(
     run_dir: &Path,
     manifest: &LoadedManifest,
     dataset: &crate::dataset::Dataset,
     records: Records<'_>,
     (model, judge): (&AnswerProvenance, &JudgeProvenance),
+    thumbnails: Option<BTreeMap<String, String>>,
 ) -> anyhow::Result<Summary> {
     let m = &manifest.manifest;
     let root_text = m.dataset.root.display().to_string();
@@ -135,7 +142,7 @@ pub fn write_reports(
     };
     let summary = Summary::compute(&input);
     let images = dataset.images.iter().map(|(k, i)| (k.clone(), i.path.clone())).collect();
-    report::write_all(run_dir, &input, &summary, &images)?;
+    report::write_all(run_dir, &input, &summary, &images, thumbnails)?;
     Ok(summary)
 }
 

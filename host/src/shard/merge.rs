@@ -116,7 +116,7 @@ pub fn merge(dirs: &[PathBuf], out: Option<&Path>) -> anyhow::Result<MergeOutcom
     };
     info.write(&run_dir)?;
     let records = Records { answers: &answers, verdicts: &verdicts };
-    let summary = write_reports(&run_dir, &loaded, &ds, records, (&provenance.model, &provenance.judge))?;
+    let summary = write_reports(&run_dir, &loaded, &ds, records, (&provenance.model, &provenance.judge), None)?;
     Ok(MergeOutcome { run_dir, summary })
 }
 
