@@ -29,8 +29,14 @@ pub fn thumbnail(path: &Path) -> Result<String, String> {
 /// Thumbnails of `images` (key: the image path as `data.json` writes it; value: its file), made on
 /// all cores. Images that cannot be read are logged and left out.
 pub fn thumbnails(images: &BTreeMap<String, PathBuf>) -> BTreeMap<String, String> {
+    thumbnails_on(images, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+}
+
+/// [`thumbnails`] on at most `workers` threads (a run makes them beside its items, on half the
+/// cores).
+pub fn thumbnails_on(images: &BTreeMap<String, PathBuf>, workers: usize) -> BTreeMap<String, String> {
     let list: Vec<(&String, &PathBuf)> = images.iter().collect();
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 16);
+    let workers = workers.clamp(1, 16);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = std::sync::Mutex::new(BTreeMap::new());
     std::thread::scope(|s| {

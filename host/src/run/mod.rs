@@ -85,7 +85,8 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
     // The report's thumbnails are made while the items run, off the run's critical path.
     let images: BTreeMap<String, PathBuf> =
         prepared.dataset.images.iter().map(|(k, i)| (k.clone(), i.path.clone())).collect();
-    let thumbnails = std::thread::spawn(move || report::thumbs::thumbnails(&images));
+    let half = std::thread::available_parallelism().map_or(1, |n| n.get() / 2);
+    let thumbnails = std::thread::spawn(move || report::thumbs::thumbnails_on(&images, half));
     let pipeline = pipeline::Pipeline::new(prepared, (&store, &stored), opts.judge_only, cancel);
     pipeline.run(opts.progress);
     let interrupted = pipeline.cancelled();
