@@ -401,10 +401,6 @@ impl SourceRun {
         let manifest_copy = dir.join("manifest.toml");
         let manifest_text = read_to_string(&manifest_copy, FileKind::Manifest)
             .with_context(|| format!("{} is not a run folder (no readable manifest.toml)", run_dir.display()))?;
-        let run_info: serde_json::Value = read_to_string(&dir.join("run.json"), FileKind::RunInfo)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
         let answers = crate::store::read_answers(&dir)?;
         if !answers.values().any(|a| a.outcome.answer().is_some()) {
             bail!(
@@ -413,11 +409,9 @@ impl SourceRun {
                 dir.join(crate::store::ANSWERS_FILE).display()
             );
         }
-        let base_dir = run_info
-            .get("manifest_base_dir")
-            .and_then(|v| v.as_str())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| dir.clone());
+        // Where the original manifest's relative paths started; the run folder when run.json is
+        // unreadable.
+        let base_dir = run::RunInfo::read(&dir).map_or_else(|_| dir.clone(), |info| info.manifest_base_dir);
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
         let parent = dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         Ok(Self { name, parent, manifest_copy, manifest_text, base_dir, answers })
