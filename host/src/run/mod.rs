@@ -88,7 +88,9 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
     let half = std::thread::available_parallelism().map_or(1, |n| n.get() / 2);
     let thumbnails = std::thread::spawn(move || report::thumbs::thumbnails_on(&images, half));
     let pipeline = pipeline::Pipeline::new(prepared, (&store, &stored), opts.judge_only, cancel);
+    let t0 = std::time::Instant::now();
     pipeline.run(opts.progress);
+    let items_secs = t0.elapsed().as_secs_f64();
     let interrupted = pipeline.cancelled();
     let written = pipeline.finish()?;
     let concurrency = written.concurrency;
@@ -104,7 +106,9 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
     let records = Records { answers: &answers, verdicts: &verdicts };
     let provenance = (&prepared.model_provenance, &prepared.judge_provenance);
     let thumbnails = thumbnails.join().ok();
+    let t1 = std::time::Instant::now();
     let summary = write_reports(&run_dir, &prepared.manifest, &prepared.dataset, records, provenance, thumbnails)?;
+    tracing::debug!("items ran in {items_secs:.3} s; reports written in {:.3} s", t1.elapsed().as_secs_f64());
     let unscored = summary.not_scored.total();
     let terminal_summary = report::terminal_summary(&summary);
     Ok(RunOutcome { run_dir, terminal_summary, summary, interrupted, unscored, concurrency })
