@@ -74,6 +74,13 @@ impl BackendLibrary {
         format!("{} {}", self.info.name, self.info.version)
     }
 
+    /// The backend's own check of what `create` will need (ABI 1.2; nothing for older plugins):
+    /// lines saying what it found, or why `create` would fail.
+    pub fn check(&self, config: &BackendConfig) -> Result<Vec<String>, BackendError> {
+        // SAFETY: the table comes from a loaded, version-checked library that is never unloaded.
+        unsafe { abi::host::check(self.table, config) }.map_err(|e| prefix(self, e))
+    }
+
     /// This library with the call timeout a `[model]` section sets (the default when it sets none).
     pub fn with_call_timeout(mut self, model: &ModelSection) -> Self {
         self.call_timeout = model

@@ -311,6 +311,9 @@ fn validate(path: &Path, common: &Common) -> anyhow::Result<ExitCode> {
             lib.abi.1,
             lib.path.display()
         );
+        for line in &p.model_check {
+            println!("           {line}");
+        }
     }
     let info = p.judge.info();
     println!(
@@ -320,18 +323,19 @@ fn validate(path: &Path, common: &Common) -> anyhow::Result<ExitCode> {
         p.judge.path().display(),
         &p.judge.sha256()[..12.min(p.judge.sha256().len())]
     );
+    let asks: Vec<&str> =
+        [info.wants_chat.then_some("chat"), info.wants_log.then_some("log")].into_iter().flatten().collect();
     println!(
         "           asks for: {}; granted: chat={} log={}",
-        [info.wants_chat.then_some("chat"), info.wants_log.then_some("log")]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(", "),
+        if asks.is_empty() { "nothing".to_owned() } else { asks.join(", ") },
         p.grants.chat,
         p.grants.log
     );
     if let Some(jl) = &p.judge_model_library {
         println!("judge model → backend {} ({})", jl.label(), jl.path.display());
+        for line in &p.judge_model_check {
+            println!("           {line}");
+        }
     }
     println!("run folder {}", m.run_dir().display());
     Ok(ExitCode::SUCCESS)

@@ -27,8 +27,10 @@ pub const ABI_MAJOR: u16 = 1;
 /// `BackendInfo.message_layouts` (a JSON field with a default: 1.0 plugins still load). Two more
 /// optional JSON fields came without a version change, since either side ignores them when it does
 /// not know them: the description's `options` ([`Backend::options`]) and each answer's `id` (the
-/// request's id, so the host can spot an answer put in another item's slot).
-pub const ABI_MINOR: u16 = 1;
+/// request's id, so the host can spot an answer put in another item's slot). 1.2 added
+/// [`BackendTable::check`] at the table's end ([`Backend::check`]); the host gives a 1.0 or 1.1
+/// table (which ends before it) a `check` that finds nothing ([`host::checked_table`]).
+pub const ABI_MINOR: u16 = 2;
 /// The one symbol a backend exports (NUL-terminated, for `dlsym`).
 pub const ENTRY_SYMBOL: &[u8] = b"vlsbench_backend_entry\0";
 
@@ -100,6 +102,35 @@ pub struct BackendTable {
     pub destroy: unsafe extern "C" fn(handle: *mut c_void),
     /// Frees a buffer this plugin allocated.
     pub free_buffer: unsafe extern "C" fn(buffer: RawBuffer),
+    /// ABI 1.2: reads a JSON [`BackendConfig`], checks what `create` will need without loading
+    /// the model, writes a JSON array of lines to show (or an error).
+    pub check: unsafe extern "C" fn(config: *const u8, config_len: usize, out: *mut RawBuffer) -> i32,
+}
+
+/// The table of ABI 1.0 and 1.1: [`BackendTable`] up to `free_buffer`. A host reads an older
+/// plugin's table through this type, never past its end.
+#[repr(C)]
+pub struct BackendTableV1_1 {
+    /// [`ABI_MAJOR`] of the plugin.
+    pub abi_major: u16,
+    /// The plugin's minor version, 0 or 1.
+    pub abi_minor: u16,
+    /// As [`BackendTable::describe`].
+    pub describe: unsafe extern "C" fn(out: *mut RawBuffer) -> i32,
+    /// As [`BackendTable::create`].
+    pub create: unsafe extern "C" fn(
+        config: *const u8,
+        config_len: usize,
+        handle: *mut *mut c_void,
+        out: *mut RawBuffer,
+    ) -> i32,
+    /// As [`BackendTable::generate`].
+    pub generate:
+        unsafe extern "C" fn(handle: *mut c_void, requests: *const u8, requests_len: usize, out: *mut RawBuffer) -> i32,
+    /// As [`BackendTable::destroy`].
+    pub destroy: unsafe extern "C" fn(handle: *mut c_void),
+    /// As [`BackendTable::free_buffer`].
+    pub free_buffer: unsafe extern "C" fn(buffer: RawBuffer),
 }
 
 /// What a backend author implements. One instance serves one `[model]` (or `[judge.model]`)
@@ -120,6 +151,16 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// not declared; the backend checks its options itself in `create`.
     fn options() -> Option<Vec<OptionSpec>> {
         None
+    }
+
+    /// Checks, without loading the model, what [`Backend::create`] will need that the host cannot
+    /// see: a runtime library and its version, a device, the files a checkpoint must hold. The host
+    /// calls it at `validate` and before a run creates its folder, with the same config `create`
+    /// gets, so a run that cannot start says why before it starts. Returns lines for `validate` to
+    /// print (what was found, e.g. a library's path and version). Default: nothing to check.
+    fn check(config: &BackendConfig) -> Result<Vec<String>, BackendError> {
+        let _ = config;
+        Ok(Vec::new())
     }
 }
 
@@ -197,6 +238,28 @@ pub unsafe extern "C" fn create_impl<B: Backend>(
         unsafe { handle.write(Box::into_raw(instance).cast::<c_void>()) };
         Ok(Vec::new())
     })
+}
+
+/// # Safety
+/// Called by the host through the table only.
+#[doc(hidden)]
+pub unsafe extern "C" fn check_impl<B: Backend>(config: *const u8, config_len: usize, out: *mut RawBuffer) -> i32 {
+    guarded(out, || {
+        if config.is_null() {
+            return Err(BackendError::bad_config("null pointer passed to check"));
+        }
+        // SAFETY: the host passes a buffer valid for config_len bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(config, config_len) };
+        let mut config: BackendConfig = serde_json::from_slice(bytes)
+            .map_err(|e| BackendError::bad_config(format!("backend config is not valid JSON for this ABI: {e}")))?;
+        config.resolve_path_options(&B::describe().path_options);
+        to_json(&B::check(&config)?)
+    })
+}
+
+/// The `check` a host puts in a 1.0 or 1.1 plugin's table: nothing to check, nothing written.
+unsafe extern "C" fn check_nothing(_config: *const u8, _config_len: usize, _out: *mut RawBuffer) -> i32 {
+    STATUS_OK
 }
 
 /// # Safety
@@ -290,6 +353,7 @@ impl BackendTable {
             generate: generate_impl::<B>,
             destroy: destroy_impl::<B>,
             free_buffer: free_buffer_impl,
+            check: check_impl::<B>,
         }
     }
 }
@@ -333,22 +397,53 @@ pub mod host {
     }
 
     /// The table an entry point returned, once its version is checked ([`accepts_version`]);
-    /// `Ok(None)` for a null pointer.
+    /// `Ok(None)` for a null pointer. A 1.0 or 1.1 table ends before `check`: its fields are
+    /// copied, once per table, into a full one whose `check` finds nothing.
     ///
     /// # Safety
     /// `table` must be null or point to a static table whose first two fields are the version
-    /// numbers (true of every ABI version), in a library that is never unloaded.
+    /// numbers (true of every ABI version), of the layout its minor version says, in a library
+    /// that is never unloaded.
     pub unsafe fn checked_table(table: *const BackendTable) -> Result<Option<&'static BackendTable>, AbiMismatch> {
         if table.is_null() {
             return Ok(None);
         }
-        // SAFETY: the first two fields of every ABI version's table are the version numbers.
-        let (major, minor) = unsafe { ((*table).abi_major, (*table).abi_minor) };
+        // SAFETY: the first two fields of every ABI version's table are the version numbers, and
+        // they are read through the oldest layout, which every table has.
+        let (major, minor) = unsafe {
+            let old = table.cast::<BackendTableV1_1>();
+            ((*old).abi_major, (*old).abi_minor)
+        };
         if !accepts_version(major, minor) {
             return Err(AbiMismatch { major, minor });
         }
+        if minor < 2 {
+            // SAFETY: a 1.0 or 1.1 table has the V1_1 layout; the caller guarantees it is static.
+            return Ok(Some(upgraded(unsafe { &*table.cast::<BackendTableV1_1>() })));
+        }
         // SAFETY: version checked; the caller guarantees the table is static.
         Ok(Some(unsafe { &*table }))
+    }
+
+    /// The full table standing for an older one, made once per table and kept (libraries are
+    /// never unloaded).
+    fn upgraded(old: &'static BackendTableV1_1) -> &'static BackendTable {
+        use std::collections::HashMap;
+        use std::sync::{Mutex, OnceLock};
+        static MADE: OnceLock<Mutex<HashMap<usize, &'static BackendTable>>> = OnceLock::new();
+        let mut made = MADE.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        made.entry(std::ptr::from_ref(old) as usize).or_insert_with(|| {
+            Box::leak(Box::new(BackendTable {
+                abi_major: old.abi_major,
+                abi_minor: old.abi_minor,
+                describe: old.describe,
+                create: old.create,
+                generate: old.generate,
+                destroy: old.destroy,
+                free_buffer: old.free_buffer,
+                check: check_nothing,
+            }))
+        })
     }
 
     /// Takes an output buffer back from the plugin, copying its bytes and freeing it there.
@@ -401,6 +496,25 @@ pub mod host {
         // SAFETY: out was filled by this plugin.
         let bytes = unsafe { take(table, out) };
         decode(status, &bytes, "description")
+    }
+
+    /// Calls `check` with the config `create` would get: the lines the backend has to show, or
+    /// why `create` would fail. A plugin before ABI 1.2 checks nothing (no lines).
+    ///
+    /// # Safety
+    /// `table` must come from a loaded, version-checked backend library.
+    pub unsafe fn check(table: &BackendTable, config: &BackendConfig) -> Result<Vec<String>, BackendError> {
+        if table.abi_minor < 2 {
+            return Ok(Vec::new());
+        }
+        let json = serde_json::to_vec(config)
+            .map_err(|e| BackendError::bad_config(format!("cannot serialise the config: {e}")))?;
+        let mut out = RawBuffer::empty();
+        // SAFETY: pointers are valid for the call; the table has `check` (minor >= 2).
+        let status = unsafe { (table.check)(json.as_ptr(), json.len(), &mut out) };
+        // SAFETY: out was filled by this plugin.
+        let bytes = unsafe { take(table, out) };
+        decode(status, &bytes, "check lines")
     }
 
     /// An instance created through a table. Destroyed on drop.

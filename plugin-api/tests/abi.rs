@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use vlsbench_plugin_api::abi::host::{self, AbiMismatch, Instance};
-use vlsbench_plugin_api::abi::{BackendTable, accepts_version};
+use vlsbench_plugin_api::abi::{BackendTable, BackendTableV1_1, accepts_version};
 use vlsbench_plugin_api::{
     ABI_MAJOR, ABI_MINOR, Backend, BackendConfig, BackendError, BackendInfo, ErrorKind, GenerateRequest, Generation,
     GenerationSettings, ItemResult,
@@ -48,6 +48,14 @@ impl Backend for Echo {
                 id => Ok(Generation::new(format!("{} {id}", self.prefix))),
             })
             .collect()
+    }
+
+    fn check(config: &BackendConfig) -> Result<Vec<String>, BackendError> {
+        if config.checkpoint.as_deref() == Some("unready") {
+            return Err(BackendError::bad_config("checkpoint \"unready\" is not ready"));
+        }
+        let file = config.options.get("file").and_then(|f| f.as_str()).unwrap_or("-");
+        Ok(vec![format!("would read {file}")])
     }
 }
 
@@ -126,4 +134,45 @@ fn a_wrong_version_is_refused() {
     assert!(accepts_version(ABI_MAJOR, 0) && !accepts_version(ABI_MAJOR + 1, 0));
     // SAFETY: null is allowed.
     assert!(matches!(unsafe { host::checked_table(std::ptr::null()) }, Ok(None)));
+}
+
+#[test]
+fn check_sees_the_config_create_will_get_and_says_what_it_found_or_why_create_would_fail() {
+    let table = table();
+    // SAFETY: the table is this binary's, static.
+    let lines = unsafe { host::check(table, &config("x")) }.unwrap();
+    assert_eq!(lines, ["would read /manifests/answers.jsonl"]);
+    // SAFETY: as above.
+    let err = unsafe { host::check(table, &config("unready")) }.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::BadConfig);
+    assert!(err.message.contains("\"unready\" is not ready"), "{}", err.message);
+}
+
+#[test]
+fn a_plugin_of_abi_1_1_is_read_without_reading_past_its_table_and_checks_nothing() {
+    let full = BackendTable::for_backend::<Echo>();
+    let old: &'static BackendTableV1_1 = Box::leak(Box::new(BackendTableV1_1 {
+        abi_major: ABI_MAJOR,
+        abi_minor: 1,
+        describe: full.describe,
+        create: full.create,
+        generate: full.generate,
+        destroy: full.destroy,
+        free_buffer: full.free_buffer,
+    }));
+    let pointer = std::ptr::from_ref(old).cast::<BackendTable>();
+    // SAFETY: a static table of the 1.1 layout, as its minor version says.
+    let table = unsafe { host::checked_table(pointer) }.unwrap().unwrap();
+    assert_eq!((table.abi_major, table.abi_minor), (ABI_MAJOR, 1));
+    // SAFETY: as above; the same table is upgraded once.
+    let again = unsafe { host::checked_table(pointer) }.unwrap().unwrap();
+    assert!(std::ptr::eq(table, again));
+    // SAFETY: a version-checked table.
+    assert_eq!(unsafe { host::describe(table) }.unwrap().name, "echo");
+    // SAFETY: as above.
+    assert_eq!(unsafe { host::check(table, &config("unready")) }.unwrap(), Vec::<String>::new());
+    // SAFETY: as above.
+    let instance = unsafe { Instance::create(table, &config("x")) }.unwrap();
+    let results = instance.generate(&[request("1")]).unwrap();
+    assert_eq!(results[0], ItemResult::Ok(Generation::new("echo:/manifests/answers.jsonl 1")));
 }

@@ -22,11 +22,15 @@ pub struct Prepared {
     /// The model under test's backend; `None` when re-judging, where the stored answers stand for
     /// the model and no backend is loaded.
     pub model_library: Option<BackendLibrary>,
+    /// What the model's backend said when it checked its config ([`BackendLibrary::check`]).
+    pub model_check: Vec<String>,
     /// What made the answers: the backend's description and the manifest's model section, or,
     /// when re-judging, the provenance the stored answers carry.
     pub model_provenance: AnswerProvenance,
     pub judge: JudgeComponent,
     pub judge_model_library: Option<BackendLibrary>,
+    /// What the judge model's backend said when it checked its config.
+    pub judge_model_check: Vec<String>,
     pub judge_provenance: JudgeProvenance,
     pub grants: Grants,
     pub limits: JudgeLimits,
@@ -63,13 +67,13 @@ pub fn prepare_with(manifest: LoadedManifest, opts: &RunOptions, source: AnswerS
         shard.select(&mut dataset.items);
         tracing::info!("shard {shard}: {} of the selected items", dataset.items.len());
     }
-    let (model_library, model_provenance) = match source {
+    let (model_library, model_check, model_provenance) = match source {
         AnswerSource::Backend => {
-            let library = find_backend(&m.model, &manifest.base_dir, &dirs).with_context(|| at("[model]"))?;
+            let (library, check) = find_backend(&m.model, &manifest.base_dir, &dirs).with_context(|| at("[model]"))?;
             let provenance = answer_provenance(&library, &m.model, m.model.settings());
-            (Some(library), provenance)
+            (Some(library), check, provenance)
         }
-        AnswerSource::Stored(answers) => (None, stored_provenance(answers, &dataset)?),
+        AnswerSource::Stored(answers) => (None, Vec::new(), stored_provenance(answers, &dataset)?),
     };
 
     let engine = JudgeEngine::new(opts.cache_dir.clone()).context("cannot start the judge engine")?;
@@ -77,9 +81,12 @@ pub fn prepare_with(manifest: LoadedManifest, opts: &RunOptions, source: AnswerS
     let judge = engine.load(&judge_path).with_context(|| at("[judge]"))?;
     let info = judge.info().clone();
     let grants = grants(&m.judge, &info).with_context(|| at("[judge]"))?;
-    let judge_model_library = match (&m.judge.model, info.wants_chat) {
-        (Some(jm), true) => Some(find_backend(jm, &manifest.base_dir, &dirs).with_context(|| at("[judge.model]"))?),
-        _ => None,
+    let (judge_model_library, judge_model_check) = match (&m.judge.model, info.wants_chat) {
+        (Some(jm), true) => {
+            let (library, check) = find_backend(jm, &manifest.base_dir, &dirs).with_context(|| at("[judge.model]"))?;
+            (Some(library), check)
+        }
+        _ => (None, Vec::new()),
     };
     let judge_provenance = JudgeProvenance {
         judge: info.name.clone(),
@@ -105,9 +112,11 @@ pub fn prepare_with(manifest: LoadedManifest, opts: &RunOptions, source: AnswerS
         manifest,
         dataset,
         model_library,
+        model_check,
         model_provenance,
         judge,
         judge_model_library,
+        judge_model_check,
         judge_provenance,
         grants,
         limits,
@@ -146,11 +155,18 @@ pub(super) fn judge_config_text(provenance: &JudgeProvenance) -> String {
     serde_json::to_string(&provenance.config).unwrap_or_else(|_| "{}".into())
 }
 
-/// The backend a model section names, with the local paths it will read checked.
-fn find_backend(model: &ModelSection, base_dir: &Path, dirs: &[PathBuf]) -> anyhow::Result<BackendLibrary> {
+/// The backend a model section names, with the local paths it will read checked, then the
+/// backend's own check of the config it will be created with (a runtime library, a device): what
+/// that check found, or why the backend could not be created, is known before any item runs.
+fn find_backend(
+    model: &ModelSection,
+    base_dir: &Path,
+    dirs: &[PathBuf],
+) -> anyhow::Result<(BackendLibrary, Vec<String>)> {
     let library = backend::find(&model.arch, model.backend.as_deref(), base_dir, dirs)?;
     check_local_paths(&library, model, base_dir)?;
-    Ok(library)
+    let check = library.check(&backend_config(model, base_dir)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((library, check))
 }
 
 /// The capabilities granted, refusing a judge that asks for chat when none is granted.

@@ -91,37 +91,110 @@ fn onnx_llava_hf_answers_through_the_host_equal_transformers_and_candle() {
     onnx_answers_equal_transformers_and_candle("llava_hf", "llava_hf", "candle-llava");
 }
 
+/// An ONNX Runtime too old for this build (1.21.1: it needs 1.22), which `.ci/run` takes out of
+/// PyPI's wheel into `target/ort-old`; `None` with the reason printed.
+fn old_ort_library() -> Option<PathBuf> {
+    let found = std::fs::read_dir(workspace().join("target/ort-old"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so.1.")));
+    if found.is_none() {
+        println!(
+            "SKIPPED: no old ONNX Runtime in target/ort-old (.ci/run extracts onnxruntime 1.21.1's library there)"
+        );
+    }
+    found
+}
+
+/// A manifest of two items for the onnxruntime backend on `checkpoint`.
+fn onnx_manifest(tmp: &Path, name: &str, checkpoint: &Path, edit: impl FnOnce(&mut Value)) -> (PathBuf, RunDir) {
+    let ds = Dataset::write(&tmp.join("data"), simple_items(2, "Q"));
+    let out = tmp.join("out");
+    let mut m = local_manifest(&ds, "qwen2vl", checkpoint, &out, name, 4);
+    m["model"]["backend"] = json!("onnxruntime");
+    edit(&mut m);
+    (write_manifest(&tmp.join(format!("{name}.toml")), &m), RunDir(out.join(name)))
+}
+
 #[test]
 fn a_missing_onnx_runtime_library_stops_validate_and_run_before_any_item() {
     require_built();
     let tmp = tempdir();
-    let ds = Dataset::write(&tmp.path().join("data"), simple_items(2, "Q"));
     let ck = fixtures().join("checkpoints/qwen2vl_onnx");
-    let out = tmp.path().join("out");
     let absent = tmp.path().join("libonnxruntime.so.1.32.0");
-    // Named by the option: the host checks the path before the backend is created.
-    let mut m = local_manifest(&ds, "qwen2vl", &ck, &out, "noort", 4);
-    m["model"]["backend"] = json!("onnxruntime");
-    m["model"]["options"] = json!({"ort_library": absent});
-    let manifest = write_manifest(&tmp.path().join("noort.toml"), &m);
+    // Named by the option: the host checks the path before the backend is asked.
+    let (manifest, _) =
+        onnx_manifest(tmp.path(), "noort", &ck, |m| m["model"]["options"] = json!({"ort_library": absent}));
     for command in ["validate", "run"] {
         host([OsString::from(command), manifest.clone().into()])
             .output()
             .failure()
             .stderr_has(&format!("options.ort_library {}: no such file or folder", absent.display()));
     }
-    // Named by ORT_DYLIB_PATH: the backend refuses it when created, before any item runs.
-    let mut m = local_manifest(&ds, "qwen2vl", &ck, &out, "noort_env", 4);
-    m["model"]["backend"] = json!("onnxruntime");
-    let manifest = write_manifest(&tmp.path().join("noort_env.toml"), &m);
-    let dir = RunDir(out.join("noort_env"));
-    let needed = ">= 1.22.0";
-    run(&manifest, dir.path())
-        .env("ORT_DYLIB_PATH", &absent.display().to_string())
-        .output()
+    // Named by ORT_DYLIB_PATH only: the backend's own check refuses it, at validate as at the
+    // start of a run, which then makes no run folder at all.
+    let (manifest, dir) = onnx_manifest(tmp.path(), "noort_env", &ck, |_| {});
+    for command in ["validate", "run"] {
+        host([OsString::from(command), manifest.clone().into()])
+            .env("ORT_DYLIB_PATH", &absent.display().to_string())
+            .output()
+            .failure()
+            .stderr_has(&format!("cannot load ONNX Runtime from {}", absent.display()))
+            .stderr_has("from ORT_DYLIB_PATH")
+            .stderr_has(">= 1.22.0");
+    }
+    assert!(!dir.path().exists(), "a run that could not start made {}", dir.path().display());
+}
+
+#[test]
+fn an_onnx_runtime_too_old_is_refused_at_validate_naming_its_path_the_version_found_and_the_version_needed() {
+    require_built();
+    let Some(old) = old_ort_library() else { return };
+    let tmp = tempdir();
+    let ck = fixtures().join("checkpoints/qwen2vl_onnx");
+    let (by_option, _) =
+        onnx_manifest(tmp.path(), "old_option", &ck, |m| m["model"]["options"] = json!({"ort_library": old}));
+    let (by_env, dir) = onnx_manifest(tmp.path(), "old_env", &ck, |_| {});
+    let path = old.canonicalize().unwrap().display().to_string();
+    for (manifest, env, source) in [
+        (&by_option, None, "from [model.options] ort_library"),
+        (&by_env, Some(old.display().to_string()), "from ORT_DYLIB_PATH"),
+    ] {
+        for command in ["validate", "run"] {
+            let mut h = host([OsString::from(command), manifest.clone().into()]).env_remove("ORT_DYLIB_PATH");
+            if let Some(v) = &env {
+                h = h.env("ORT_DYLIB_PATH", v);
+            }
+            h.output()
+                .failure()
+                .stderr_has(&format!("ONNX Runtime at {path} ({source}) is version 1.21.1"))
+                .stderr_has("needs ONNX Runtime >= 1.22.0");
+        }
+    }
+    assert!(!dir.path().exists(), "a run that could not start made {}", dir.path().display());
+}
+
+#[test]
+fn validate_says_which_onnx_runtime_it_found_and_refuses_a_cuda_device_or_an_export_it_cannot_run() {
+    require_built();
+    let Some(lib) = ort_library() else { return };
+    let tmp = tempdir();
+    let ck = fixtures().join("checkpoints/qwen2vl_onnx");
+    let path = lib.canonicalize().unwrap().display().to_string();
+    let (manifest, _) = onnx_manifest(tmp.path(), "found", &ck, |_| {});
+    let validate = |manifest: &Path| {
+        host([OsString::from("validate"), manifest.into()]).env("ORT_DYLIB_PATH", &lib.display().to_string()).output()
+    };
+    validate(&manifest).success().stdout_has(&format!("at {path} (from ORT_DYLIB_PATH)")).stdout_has("ONNX Runtime 1.");
+    // PyPI's `onnxruntime` is built without CUDA: asking for it is refused, never run on the CPU.
+    let (cuda, _) = onnx_manifest(tmp.path(), "cuda", &ck, |m| m["model"]["device"] = json!("cuda"));
+    validate(&cuda).failure().stderr_has("needs ONNX Runtime's CUDA execution provider").stderr_has(&path);
+    // A folder that is not an export in transformers.js' layout is named with the graph it lacks.
+    let empty = tmp.path().join("not_an_export");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (not_export, _) = onnx_manifest(tmp.path(), "not_export", &empty, |_| {});
+    validate(&not_export)
         .failure()
-        .stderr_has(&absent.display().to_string())
-        .stderr_has("ORT_DYLIB_PATH")
-        .stderr_has(needed);
-    assert!(!dir.path().join("answers.jsonl").exists() || dir.answers().is_empty(), "an item ran");
+        .stderr_has(&format!("{} is missing", empty.join("onnx/vision_encoder.onnx").display()));
 }

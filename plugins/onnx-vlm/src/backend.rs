@@ -1,10 +1,12 @@
 //! The vlsbench [`Backend`] named `onnxruntime`: an ONNX export in transformers.js' layout, run
 //! by ONNX Runtime, for arch `qwen2vl` (and `llava_hf`, see [`crate::llava`]).
 //!
-//! `create` loads ONNX Runtime first (the option `ort_library`, else `ORT_DYLIB_PATH`, else the
-//! loader's `libonnxruntime.so`) and checks its version, then the checkpoint's configuration, then
-//! opens the three graphs on the device and holds the decoder's inputs against `config.json`; so a
-//! missing or unusable library, a missing CUDA provider or a mismatched export stops the run
+//! `check` (at `validate`, and before a run makes its folder) loads ONNX Runtime (the option
+//! `ort_library`, else `ORT_DYLIB_PATH`, else the loader's `libonnxruntime.so`) and checks its
+//! version, the CUDA provider when the device asks for it, and that the three graphs' files are
+//! there. `create` loads the same runtime (once per process), then the checkpoint's configuration,
+//! then opens the three graphs on the device and holds the decoder's inputs against `config.json`;
+//! so a missing or unusable library, a missing CUDA provider or a mismatched export stops the run
 //! before any item. `dtype` follows the graph: a manifest `dtype` other than the graph's is an
 //! error naming both. `generate` batches like the candle backends (`vlm_core::batch`).
 
@@ -236,6 +238,16 @@ impl OnnxBackend {
     }
 }
 
+/// `Ok` for the archs this backend serves.
+fn served(arch: &str) -> Result<(), BackendError> {
+    match arch {
+        ARCH_QWEN2VL | ARCH_LLAVA_HF => Ok(()),
+        other => {
+            Err(BackendError::unsupported(format!("arch {other:?} is not served ({ARCH_QWEN2VL}, {ARCH_LLAVA_HF})")))
+        }
+    }
+}
+
 impl Backend for OnnxBackend {
     fn describe() -> BackendInfo {
         BackendInfo {
@@ -277,13 +289,37 @@ impl Backend for OnnxBackend {
         ])
     }
 
-    fn create(config: BackendConfig) -> Result<Self, BackendError> {
-        if config.arch != ARCH_QWEN2VL && config.arch != ARCH_LLAVA_HF {
-            return Err(BackendError::unsupported(format!(
-                "arch {:?} is not served ({ARCH_QWEN2VL}, {ARCH_LLAVA_HF})",
-                config.arch
-            )));
+    /// Loads ONNX Runtime (kept for `create`) and checks its version, the CUDA provider when the
+    /// device asks for it, and the export's three graphs; says which library it found.
+    fn check(config: &BackendConfig) -> Result<Vec<String>, BackendError> {
+        let bad = |e: &dyn std::fmt::Display| BackendError::bad_config(e.to_string());
+        served(&config.arch)?;
+        let options: OnnxOptions = config.options()?;
+        let library = options.ort_library.map(|p| config.resolve(p));
+        let runtime = Runtime::load(library.as_deref()).map_err(|e| bad(&e))?;
+        let device = config.device.as_deref().unwrap_or("cpu");
+        if crate::runtime::parse_device(device).map_err(|e| bad(&e))?.is_some() && !runtime.has_cuda() {
+            let e = crate::runtime::RuntimeError::NoCuda { device: device.to_owned(), path: runtime.path.clone() };
+            return Err(bad(&e));
         }
+        if let Some(dir) = config.checkpoint.as_deref().map(|c| config.resolve(c)) {
+            for graph in crate::graphs::graph_paths(&dir) {
+                if !graph.is_file() {
+                    return Err(BackendError::bad_config(format!(
+                        "checkpoint {}: {} is missing (an export in transformers.js' layout holds \
+                         onnx/vision_encoder.onnx, onnx/embed_tokens.onnx and onnx/decoder_model_merged.onnx)",
+                        dir.display(),
+                        graph.display()
+                    )));
+                }
+            }
+        }
+        let (_, source) = crate::runtime::library_path(library.as_deref());
+        Ok(vec![format!("ONNX Runtime {} at {} ({})", runtime.version, runtime.path.display(), source.describe())])
+    }
+
+    fn create(config: BackendConfig) -> Result<Self, BackendError> {
+        served(&config.arch)?;
         let options: OnnxOptions = config.options()?;
         let options = OnnxOptions { ort_library: options.ort_library.map(|p| config.resolve(p)), ..options };
         let dir = config

@@ -4,8 +4,9 @@
 //! The library is, in order: the backend option `ort_library`, the environment variable
 //! `ORT_DYLIB_PATH`, or `libonnxruntime.so` found by the dynamic loader. PyPI's `onnxruntime` wheel
 //! ships it as `onnxruntime/capi/libonnxruntime.so.<version>`. Every failure names the path, the
-//! version found and the version this build needs, and happens when the backend is created (before
-//! any item runs), never in the middle of a run.
+//! version found and the version this build needs, and happens when the backend checks its config
+//! (`Backend::check`: at `validate`, and before a run makes its folder) or, at the latest, when it
+//! is created; never in the middle of a run.
 //!
 //! A process holds one ONNX Runtime: a second backend that asks for a different library is refused
 //! with both paths named.
@@ -60,7 +61,8 @@ pub enum LibrarySource {
 }
 
 impl LibrarySource {
-    fn describe(self) -> &'static str {
+    /// Where the path came from, as errors and `validate` say it.
+    pub fn describe(self) -> &'static str {
         match self {
             Self::Option => "from [model.options] ort_library",
             Self::Env => "from ORT_DYLIB_PATH",
