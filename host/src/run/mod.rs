@@ -83,10 +83,10 @@ pub fn execute(prepared: &Prepared, opts: &RunOptions, cancel: Arc<AtomicBool>) 
     }
     log_resume(prepared, &stored);
     // The report's thumbnails are made while the items run, off the run's critical path.
-    let images: BTreeMap<String, PathBuf> =
-        prepared.dataset.images.iter().map(|(k, i)| (k.clone(), i.path.clone())).collect();
+    let images = image_files(&prepared.dataset);
     let half = std::thread::available_parallelism().map_or(1, |n| n.get() / 2);
-    let thumbnails = std::thread::spawn(move || report::thumbs::thumbnails_on(&images, half));
+    let thumbs_dir = run_dir.clone();
+    let thumbnails = std::thread::spawn(move || report::thumbs::thumbnails_cached(&thumbs_dir, &images, half));
     let pipeline = pipeline::Pipeline::new(prepared, (&store, &stored), opts.judge_only, cancel);
     let t0 = std::time::Instant::now();
     pipeline.run(opts.progress);
@@ -147,8 +147,17 @@ pub fn write_reports(
     };
     let summary = Summary::compute(&input);
     let images = dataset.images.iter().map(|(k, i)| (k.clone(), i.path.clone())).collect();
-    report::write_all(run_dir, &input, &summary, &images, thumbnails)?;
+    let thumbnails = thumbnails.unwrap_or_else(|| {
+        let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+        report::thumbs::thumbnails_cached(run_dir, &image_files(dataset), all)
+    });
+    report::write_all(run_dir, &input, &summary, &images, Some(thumbnails))?;
     Ok(summary)
+}
+
+/// Each image of the dataset (by its path in `data.json`): its file and the SHA-256 of its bytes.
+fn image_files(dataset: &crate::dataset::Dataset) -> BTreeMap<String, (PathBuf, String)> {
+    dataset.images.iter().map(|(k, i)| (k.clone(), (i.path.clone(), i.sha256.clone()))).collect()
 }
 
 /// Says how many items a resumed run finds finished already.
