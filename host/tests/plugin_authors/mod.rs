@@ -319,6 +319,16 @@ fn the_backend_and_judge_templates_build_outside_the_workspace_and_run_through_t
     });
     let manifest = write_manifest(&tmp.path().join("mine.toml"), &m);
     let dir = RunDir(out.join("mine"));
+    let plugins =
+        ["--plugin-path".into(), backend_dir.clone().into(), "--plugin-path".into(), judge_dir.clone().into()];
+    let validate = |manifest: &Path| {
+        host([OsString::from("validate"), manifest.into()].into_iter().chain(plugins.clone())).output()
+    };
+    // The template's own check runs at validate: what it found, or why it could not be created.
+    validate(&manifest).success().stdout_has("answers \"I can't help with that.\"");
+    let mut silent = m.clone();
+    silent["model"]["options"]["answer"] = json!(" ");
+    validate(&write_manifest(&tmp.path().join("silent.toml"), &silent)).failure().stderr_has("options.answer is empty");
     let outcome =
         run(&manifest, dir.path()).arg("--plugin-path").arg(&backend_dir).arg("--plugin-path").arg(&judge_dir).output();
     outcome.success();

@@ -66,6 +66,17 @@ impl Backend for MyVlm {
         ])
     }
 
+    /// Runs at `validate` and before a run makes its folder, without loading the model: check
+    /// here what `create` needs that the host cannot see (a library, a device, files), and say
+    /// what you found. `validate` prints the lines.
+    fn check(config: &BackendConfig) -> Result<Vec<String>, BackendError> {
+        let options: Options = config.options()?;
+        if options.answer.trim().is_empty() {
+            return Err(BackendError::bad_config("options.answer is empty: the model would answer nothing"));
+        }
+        Ok(vec![format!("answers {:?}", options.answer)])
+    }
+
     fn create(config: BackendConfig) -> Result<Self, BackendError> {
         // `config.base_dir` is the manifest's folder (absolute); resolve relative paths against it.
         Ok(Self { options: config.options()? })
