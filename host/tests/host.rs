@@ -795,6 +795,32 @@ fn validate_accepts_a_good_manifest_prints_ok_and_calls_nothing() {
     assert!(!s.out.join("good").exists(), "validate created the run folder");
 }
 
+#[test]
+fn validate_refuses_api_options_the_backend_would_refuse_and_says_what_it_will_call() {
+    let s = Setup::new(2);
+    let server = MockServer::start(scripted(Duration::ZERO));
+    let good = s.manifest("endpoint", &s.openai(&server, "endpoint"));
+    // The backend's own check reads the options as `create` will, and sends nothing.
+    host([OsString::from("validate"), good.into()])
+        .output()
+        .success()
+        .stdout_has(&format!("{} with no API key; model {MODEL_UNDER_TEST:?}", server.base_url()));
+    for (option, value, said) in [
+        ("timeout_secs", json!(-1), "option `timeout_secs` must be a positive number of seconds, got -1"),
+        ("base_url", json!("localhost:8000/v1"), "option `base_url` must start with http:// or https://"),
+        ("extra_headers", json!({"X-Team": "a\nb"}), "option `extra_headers`: the value of `X-Team`"),
+    ] {
+        let mut m = s.openai(&server, "bad");
+        m["model"]["options"][option] = value;
+        let manifest = s.manifest(&format!("bad_{option}"), &m);
+        for command in ["validate", "run"] {
+            host([OsString::from(command), manifest.clone().into()]).output().failure().stderr_has(said);
+        }
+        assert!(!s.out.join("bad").exists(), "{option}: a run that could not start made its folder");
+    }
+    assert_eq!(server.request_count(), 0, "validate or a refused run sent requests");
+}
+
 /// `<file>:<line>:<column>:` in `text` for this file, as (line, column).
 fn line_column_after(text: &str, file: &Path) -> Option<(usize, usize)> {
     let prefix = format!("{}:", file.display());

@@ -67,29 +67,7 @@ impl OpenAiBackend {
     /// Builds the client for `options` and settles the model: `checkpoint`, or the server's first
     /// model when it is `"local"`, empty or absent.
     pub fn with_options(checkpoint: Option<&str>, options: Options) -> Result<Self, BackendError> {
-        let mut headers = HeaderMap::new();
-        if let Some(key) = &options.api_key {
-            let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
-                BackendError::bad_config(format!(
-                    "the API key in `{}` is not a valid HTTP header value",
-                    options.api_key_env.as_deref().unwrap_or("?")
-                ))
-            })?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
-        }
-        for (name, value) in &options.extra_headers {
-            let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                BackendError::bad_config(format!("option `extra_headers`: `{name}` is not a valid header name"))
-            })?;
-            let mut header_value = HeaderValue::from_str(value).map_err(|_| {
-                BackendError::bad_config(format!(
-                    "option `extra_headers`: the value of `{name}` is not a valid header value"
-                ))
-            })?;
-            header_value.set_sensitive(true);
-            headers.insert(header_name, header_value);
-        }
+        let headers = headers(&options)?;
         let client = Client::builder()
             .timeout(options.timeout)
             .default_headers(headers)
@@ -204,6 +182,35 @@ fn error_chain(e: &reqwest::Error) -> String {
     text
 }
 
+/// The headers every request carries: the key as a bearer token and `extra_headers`, each
+/// checked as HTTP allows.
+fn headers(options: &Options) -> Result<HeaderMap, BackendError> {
+    let mut headers = HeaderMap::new();
+    if let Some(key) = &options.api_key {
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+            BackendError::bad_config(format!(
+                "the API key in `{}` is not a valid HTTP header value",
+                options.api_key_env.as_deref().unwrap_or("?")
+            ))
+        })?;
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+    }
+    for (name, value) in &options.extra_headers {
+        let header_name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            BackendError::bad_config(format!("option `extra_headers`: `{name}` is not a valid header name"))
+        })?;
+        let mut header_value = HeaderValue::from_str(value).map_err(|_| {
+            BackendError::bad_config(format!(
+                "option `extra_headers`: the value of `{name}` is not a valid header value"
+            ))
+        })?;
+        header_value.set_sensitive(true);
+        headers.insert(header_name, header_value);
+    }
+    Ok(headers)
+}
+
 impl Backend for OpenAiBackend {
     fn describe() -> BackendInfo {
         BackendInfo {
@@ -238,20 +245,38 @@ impl Backend for OpenAiBackend {
         ])
     }
 
+    /// The options as `create` reads them (URL, timeout, key, headers), without a request: what
+    /// the server says is only known when the run asks it.
+    fn check(config: &BackendConfig) -> Result<Vec<String>, BackendError> {
+        let options = parsed(config)?;
+        headers(&options)?;
+        let model = match config.checkpoint.as_deref().map(str::trim) {
+            None | Some("") | Some(LOCAL_CHECKPOINT) => "the server's first model".to_owned(),
+            Some(model) => format!("model {model:?}"),
+        };
+        let key = options.api_key_env.as_deref().map_or("no API key".to_owned(), |v| format!("the key in ${v}"));
+        Ok(vec![format!("{} with {key}; {model}", options.base_url)])
+    }
+
     fn create(config: BackendConfig) -> Result<Self, BackendError> {
-        if config.arch != ARCH {
-            return Err(BackendError::unsupported(format!(
-                "the openai backend serves arch `{ARCH}`, not `{}`",
-                config.arch
-            )));
-        }
-        let options = Options::parse(&config.options, |name| std::env::var(name).ok())?;
+        let options = parsed(&config)?;
         Self::with_options(config.checkpoint.as_deref(), options)
     }
 
     fn generate(&self, requests: Vec<GenerateRequest>) -> Vec<Result<Generation, BackendError>> {
         requests.iter().map(|r| self.generate_one(r)).collect()
     }
+}
+
+/// The options of `config`, for the one arch this backend serves.
+fn parsed(config: &BackendConfig) -> Result<Options, BackendError> {
+    if config.arch != ARCH {
+        return Err(BackendError::unsupported(format!(
+            "the openai backend serves arch `{ARCH}`, not `{}`",
+            config.arch
+        )));
+    }
+    Options::parse(&config.options, |name| std::env::var(name).ok())
 }
 
 vlsbench_plugin_api::export_backend!(OpenAiBackend);
