@@ -1,7 +1,8 @@
 //! Reading a checkpoint's JSON configuration files the way every backend's `config.rs` reads them:
 //! [`read_json`], optional typed fields ([`field`], [`size`], [`channels`]), where the image processor is
-//! ([`image_processor_json`]), EOS ids ([`parse_ids`]), and the
-//! [`ConfigError`] they return, which always names the file.
+//! ([`image_processor_json`]), EOS ids ([`parse_ids`]), the `model_type` ([`model_type`]), a text
+//! model's attention heads ([`heads`]), and the [`ConfigError`] they return, which always names the
+//! file.
 
 use std::path::{Path, PathBuf};
 
@@ -88,6 +89,44 @@ pub fn image_processor_json(dir: &Path) -> Result<(Value, PathBuf, &'static str)
     Ok((read_json(&path)?, path, ""))
 }
 
+/// `model_type`, which must be one of `accepted`, (model type, vlsbench arch) pairs: its index
+/// there. `what` names the kind of config a file without one is not (`"a Qwen2-VL config"`).
+pub fn model_type(v: &Value, path: &Path, accepted: &[(&str, &str)], what: &str) -> Result<usize, ConfigError> {
+    match v.get("model_type").and_then(Value::as_str) {
+        Some(t) => accepted.iter().position(|(m, _)| *m == t).ok_or_else(|| {
+            let want: Vec<String> = accepted.iter().map(|(m, arch)| format!("{m:?} (arch {arch})")).collect();
+            invalid(path, format!("model_type is {t:?}, not {}", want.join(" or ")))
+        }),
+        None => Err(invalid(path, format!("no model_type: not {what}"))),
+    }
+}
+
+/// A text model's attention geometry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Heads {
+    pub hidden_size: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    /// `hidden_size / num_attention_heads`.
+    pub head_dim: usize,
+}
+
+/// `hidden_size`, `num_attention_heads` and `num_key_value_heads` of the object `v` (at `ctx`),
+/// each positive or its default (in that order in `defaults`); the heads must divide the hidden
+/// size and the key-value heads the heads.
+pub fn heads(v: &Value, path: &Path, ctx: &str, defaults: [usize; 3]) -> Result<Heads, ConfigError> {
+    let hidden_size = size(v, "hidden_size", defaults[0], path, ctx)?;
+    let num_attention_heads = size(v, "num_attention_heads", defaults[1], path, ctx)?;
+    if hidden_size % num_attention_heads != 0 {
+        return Err(invalid(path, format!("{ctx}hidden_size is not a multiple of num_attention_heads")));
+    }
+    let num_key_value_heads = size(v, "num_key_value_heads", defaults[2], path, ctx)?;
+    if num_attention_heads % num_key_value_heads != 0 {
+        return Err(invalid(path, format!("{ctx}num_attention_heads is not a multiple of num_key_value_heads")));
+    }
+    Ok(Heads { hidden_size, num_attention_heads, num_key_value_heads, head_dim: hidden_size / num_attention_heads })
+}
+
 /// `eos_token_id` (or any id field): one id or a list.
 pub fn parse_ids(v: &Value) -> Option<Vec<u32>> {
     match v {
@@ -122,6 +161,32 @@ mod tests {
         assert_eq!(channels(&v, "three", [0.0; 3], p, "").unwrap(), [1.0, 2.0, 3.0]);
         assert_eq!(channels(&v, "none", [9.0; 3], p, "").unwrap(), [9.0; 3]);
         assert_eq!(channels(&v, "two", [0.0; 3], p, "x.").unwrap_err().to_string(), "p.json: x.two: expected 3 values");
+    }
+
+    #[test]
+    fn the_model_type_must_be_one_served() {
+        let p = Path::new("c.json");
+        let accepted = [("llava", "llava_hf"), ("llava_next", "llava_next")];
+        assert_eq!(model_type(&json!({"model_type": "llava_next"}), p, &accepted, "a LLaVA config").unwrap(), 1);
+        let e = model_type(&json!({"model_type": "mllama"}), p, &accepted, "a LLaVA config").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "c.json: model_type is \"mllama\", not \"llava\" (arch llava_hf) or \"llava_next\" (arch llava_next)"
+        );
+        let e = model_type(&json!({}), p, &accepted[..1], "a LLaVA config").unwrap_err();
+        assert_eq!(e.to_string(), "c.json: no model_type: not a LLaVA config");
+    }
+
+    #[test]
+    fn heads_must_divide_the_hidden_size_and_kv_heads_the_heads() {
+        let p = Path::new("c.json");
+        let h = heads(&json!({"hidden_size": 64, "num_attention_heads": 4}), p, "t.", [8, 2, 2]).unwrap();
+        assert_eq!(h, Heads { hidden_size: 64, num_attention_heads: 4, num_key_value_heads: 2, head_dim: 16 });
+        let e = heads(&json!({"hidden_size": 10, "num_attention_heads": 4}), p, "t.", [8, 2, 2]).unwrap_err();
+        assert_eq!(e.to_string(), "c.json: t.hidden_size is not a multiple of num_attention_heads");
+        let e = heads(&json!({"num_key_value_heads": 3}), p, "", [12, 4, 2]).unwrap_err();
+        assert_eq!(e.to_string(), "c.json: num_attention_heads is not a multiple of num_key_value_heads");
+        assert!(heads(&json!({"num_attention_heads": 0}), p, "", [8, 2, 2]).is_err());
     }
 
     #[test]

@@ -5,11 +5,12 @@
 //! Our own rather than candle-transformers' llama: that one derives head_dim from hidden/heads,
 //! has no attention or MLP bias, and panics on a missing weight.
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use vlm_core::attention::repeat_kv;
 use vlm_core::kernels::dense;
 use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask, padded_positions};
+use vlm_core::layers::{self, default_inv_freq, last_logits};
 use vlm_core::precision::{compute, linear};
 use vlm_core::weights::need;
 use vlm_core::{ModelError, Result};
@@ -135,17 +136,10 @@ impl LlamaModel {
             .map(|i| DecoderLayer::load(model.pp(format!("layers.{i}")), c))
             .collect::<Result<_>>()?;
         let norm = candle_nn::rms_norm(c.hidden_size, c.rms_norm_eps, compute(&model.pp("norm")))?;
-        let lm_head = if lm_head.contains_tensor("weight") {
-            linear(lm_head, c.hidden_size, c.vocab_size, false)?
-        } else if c.tie_word_embeddings {
-            Linear::new(embed.embeddings().clone(), None)
-        } else {
-            return Err(ModelError::Load("missing weight lm_head.weight".into()));
-        };
+        let lm_head = layers::lm_head(lm_head, embed.embeddings(), c.hidden_size, c.vocab_size, c.tie_word_embeddings)?;
         // RoPE tables as transformers computes them: inv_freq in f32, position * inv_freq in f32.
         let hd = c.head_dim;
-        let inv: Vec<f32> =
-            (0..hd).step_by(2).map(|i| 1.0 / (c.rope_theta as f32).powf(i as f32 / hd as f32)).collect();
+        let inv = default_inv_freq(c.rope_theta, hd);
         let n = c.max_position_embeddings;
         let mut freqs = Vec::with_capacity(n * inv.len());
         for p in 0..n {
@@ -196,8 +190,7 @@ impl LlamaModel {
             x = layer.forward(&x, &cos, &sin, mask.as_ref(), kv)?;
         }
         cache.len += n;
-        let last = self.norm.forward(&x.i((.., n - 1..n, ..))?)?;
-        Ok(dense(&self.lm_head, &last)?.flatten_all()?.to_dtype(DType::F32)?)
+        Ok(last_logits(&self.norm, &self.lm_head, &x)?.flatten_all()?)
     }
 
     /// Runs a left-padded batch `embeds` (b, n, hidden) after what the cache holds. Row `r` has
@@ -234,7 +227,6 @@ impl LlamaModel {
             x = layer.forward(&x, &cos, &sin, Some(&mask), kv)?;
         }
         cache.len += n;
-        let last = self.norm.forward(&x.i((.., n - 1..n, ..))?)?;
-        Ok(dense(&self.lm_head, &last)?.squeeze(1)?.to_dtype(DType::F32)?)
+        Ok(last_logits(&self.norm, &self.lm_head, &x)?)
     }
 }

@@ -14,9 +14,10 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use vlm_core::batch::{finish_generation, generate_in_batches, single};
-use vlm_core::generation::{GenerationDefaults, OtherProcessors};
-use vlm_core::request::{budget_in_context, checkpoint_dtype_device, devices, greedy_budget, image_paths, model_error};
+use vlm_core::batch::GreedyBackend;
+use vlm_core::checkpoint::{ImageToken, eos_and_penalty, prompt_files, require_dir};
+use vlm_core::generation::OtherProcessors;
+use vlm_core::request::{checkpoint_dtype_device, devices, image_paths};
 use vlm_core::template::ChatTemplate;
 use vlm_core::tokenizer::PromptTokenizer;
 use vlsbench_plugin_api::{
@@ -24,7 +25,7 @@ use vlsbench_plugin_api::{
 };
 
 use crate::config::{ImageProcessorConfig, MllamaConfig, read_json};
-use crate::model::{Mllama, Prompt};
+use crate::model::Mllama;
 use crate::processor::{self, ProcessedImage, build_string_from_input};
 
 pub const ARCH: &str = "mllama";
@@ -61,29 +62,15 @@ fn bos_token(dir: &Path) -> Result<String, BackendError> {
 
 impl CandleMllama {
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Self, BackendError> {
-        if !dir.is_dir() {
-            return Err(BackendError::bad_config(format!("checkpoint {} is not a directory", dir.display())));
-        }
+        require_dir(dir)?;
         let bad = |e: &dyn std::fmt::Display| BackendError::bad_config(e.to_string());
         let cfg = MllamaConfig::from_dir(dir).map_err(|e| bad(&e))?;
         let processor = ImageProcessorConfig::from_dir(dir).map_err(|e| bad(&e))?;
         processor.check_against(&cfg.vision).map_err(|e| bad(&e))?;
-        let template = ChatTemplate::from_dir(dir).map_err(|e| bad(&e))?;
-        let tokenizer = PromptTokenizer::from_dir(dir).map_err(|e| bad(&e))?;
-        match tokenizer.token_id(IMAGE_TOKEN) {
-            Some(id) if id == cfg.image_token_id => {}
-            other => {
-                return Err(BackendError::bad_config(format!(
-                    "{}: the tokenizer's {IMAGE_TOKEN} is {other:?}, config.json's image_token_index {}",
-                    dir.display(),
-                    cfg.image_token_id
-                )));
-            }
-        }
+        let image_token = ImageToken { text: IMAGE_TOKEN, id: cfg.image_token_id, config_key: "image_token_index" };
+        let (template, tokenizer) = prompt_files(dir, image_token)?;
         let bos_token = bos_token(dir)?;
-        let generation = GenerationDefaults::from_dir(dir, OtherProcessors::Refuse).map_err(|e| bad(&e))?;
-        let eos = generation.eos_token_ids.unwrap_or_else(|| cfg.text.eos_token_ids.clone());
-        let repetition_penalty = generation.repetition_penalty as f32;
+        let (eos, repetition_penalty) = eos_and_penalty(dir, OtherProcessors::Refuse, &cfg.text.eos_token_ids)?;
         let model = Mllama::load(dir, cfg, dtype, device).map_err(|e| bad(&e))?;
         Ok(Self {
             checkpoint: dir.to_owned(),
@@ -95,85 +82,6 @@ impl CandleMllama {
             eos,
             repetition_penalty,
         })
-    }
-
-    /// `processor.apply_chat_template(messages, add_generation_prompt=True)`.
-    pub fn rendered_prompt(&self, messages: &[ChatMessage]) -> Result<String, BackendError> {
-        self.template.render(messages).map_err(|e| BackendError::bad_request(e.to_string()))
-    }
-
-    /// A request's input ids and images, as `MllamaProcessor(text, images, add_special_tokens=False)`
-    /// makes them.
-    pub fn prepare(&self, req: &GenerateRequest) -> Result<(Vec<u32>, Vec<ProcessedImage>), BackendError> {
-        let item = &req.id;
-        let bad = |e: &dyn std::fmt::Display| BackendError::bad_request(format!("item {item}: {e}"));
-        let images = image_paths(&req.messages)
-            .into_iter()
-            .map(|p| processor::preprocess(p, &self.processor).map_err(|e| bad(&e)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let text = self.template.render(&req.messages).map_err(|e| bad(&e))?;
-        let text = build_string_from_input(&text, &self.bos_token, IMAGE_TOKEN);
-        let found = text.matches(IMAGE_TOKEN).count();
-        if found != images.len() {
-            return Err(bad(&format!("the prompt has {found} {IMAGE_TOKEN} tokens for {} images", images.len())));
-        }
-        let ids = self.tokenizer.encode_text(&text, false).map_err(|e| bad(&e))?;
-        Ok((ids, images))
-    }
-
-    /// A request prepared for the decoder, with its budget of new tokens.
-    fn embed_request(&self, req: &GenerateRequest) -> Result<(Prompt, usize), BackendError> {
-        let max_new = greedy_budget(req)?;
-        let (ids, images) = self.prepare(req)?;
-        let budget = budget_in_context(req, max_new, ids.len(), self.model.config.text.max_position_embeddings)?;
-        let refs: Vec<&ProcessedImage> = images.iter().collect();
-        let prompt = self.model.prompt(&ids, &refs).map_err(|e| model_error(&req.id, e))?;
-        Ok((prompt, budget))
-    }
-
-    /// The answer text for generated tokens (EOS not included), before stripping.
-    pub fn decode(&self, tokens: &[u32]) -> Result<String, BackendError> {
-        self.tokenizer.decode(tokens).map_err(|e| BackendError::model_failure(e.to_string()))
-    }
-
-    /// Greedy answers for several requests: grouped by their number of images (a batch must
-    /// agree on it), each group decoded [`MAX_BATCH`] at a time.
-    pub fn generate_batch(&self, requests: &[GenerateRequest]) -> Vec<Result<Generation, BackendError>> {
-        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
-        for (k, r) in requests.iter().enumerate() {
-            let n = image_paths(&r.messages).len();
-            match groups.iter_mut().find(|(m, _)| *m == n) {
-                Some((_, members)) => members.push(k),
-                None => groups.push((n, vec![k])),
-            }
-        }
-        let mut results: Vec<Option<Result<Generation, BackendError>>> = requests.iter().map(|_| None).collect();
-        for (_, members) in groups {
-            let group: Vec<GenerateRequest> = members.iter().map(|&k| requests[k].clone()).collect();
-            let out = generate_in_batches(
-                &group,
-                MAX_BATCH,
-                |req| self.embed_request(req),
-                |prompts, budgets| self.model.greedy_batch(&prompts, budgets, &self.eos, self.repetition_penalty),
-                |req, tokens| finish_generation(&req.id, tokens, &self.eos, |t| self.decode(t)),
-            );
-            for (&k, r) in members.iter().zip(out) {
-                results[k] = Some(r);
-            }
-        }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(BackendError::model_failure("request left unanswered"))))
-            .collect()
-    }
-
-    /// One request alone.
-    pub fn generate_one(&self, req: &GenerateRequest) -> Result<Generation, BackendError> {
-        single(self.generate_batch(std::slice::from_ref(req)))
-    }
-
-    pub fn model(&self) -> &Mllama {
-        &self.model
     }
 
     pub fn processor(&self) -> &ImageProcessorConfig {
@@ -190,16 +98,65 @@ impl CandleMllama {
         self.eos = eos;
     }
 
-    pub fn repetition_penalty(&self) -> f32 {
-        self.repetition_penalty
+    pub fn checkpoint(&self) -> &Path {
+        &self.checkpoint
+    }
+}
+
+/// Decoding is [`GreedyBackend`]'s: every request prepared alone, then the prepared ones with the
+/// same number of images decoded together [`MAX_BATCH`] at a time.
+impl GreedyBackend for CandleMllama {
+    type Model = Mllama;
+    const MAX_BATCH: usize = MAX_BATCH;
+
+    /// A request's input ids and images, as `MllamaProcessor(text, images, add_special_tokens=False)`
+    /// makes them.
+    fn prepare(&self, req: &GenerateRequest) -> Result<(Vec<u32>, Vec<ProcessedImage>), BackendError> {
+        let item = &req.id;
+        let bad = |e: &dyn std::fmt::Display| BackendError::bad_request(format!("item {item}: {e}"));
+        let images = image_paths(&req.messages)
+            .into_iter()
+            .map(|p| processor::preprocess(p, &self.processor).map_err(|e| bad(&e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let text = self.template.render(&req.messages).map_err(|e| bad(&e))?;
+        let text = build_string_from_input(&text, &self.bos_token, IMAGE_TOKEN);
+        let found = text.matches(IMAGE_TOKEN).count();
+        if found != images.len() {
+            return Err(bad(&format!("the prompt has {found} {IMAGE_TOKEN} tokens for {} images", images.len())));
+        }
+        let ids = self.tokenizer.encode_text(&text, false).map_err(|e| bad(&e))?;
+        Ok((ids, images))
     }
 
-    pub fn eos(&self) -> &[u32] {
+    fn model(&self) -> &Mllama {
+        &self.model
+    }
+
+    /// `processor.apply_chat_template(messages, add_generation_prompt=True)`.
+    fn rendered_prompt(&self, messages: &[ChatMessage]) -> Result<String, BackendError> {
+        self.template.render(messages).map_err(|e| BackendError::bad_request(e.to_string()))
+    }
+
+    fn eos(&self) -> &[u32] {
         &self.eos
     }
 
-    pub fn checkpoint(&self) -> &Path {
-        &self.checkpoint
+    fn repetition_penalty(&self) -> f32 {
+        self.repetition_penalty
+    }
+
+    fn context_length(&self) -> usize {
+        self.model.config.text.max_position_embeddings
+    }
+
+    /// The answer text for generated tokens (EOS not included), before stripping.
+    fn decode(&self, tokens: &[u32]) -> Result<String, BackendError> {
+        self.tokenizer.decode(tokens).map_err(|e| BackendError::model_failure(e.to_string()))
+    }
+
+    /// A batch must agree on its number of images.
+    fn batch_key(&self, req: &GenerateRequest) -> usize {
+        image_paths(&req.messages).len()
     }
 }
 
