@@ -90,6 +90,38 @@ impl SelfAttention {
         })
     }
 
+    /// (heads, kv heads, head dim).
+    pub fn heads(&self) -> (usize, usize, usize) {
+        (self.heads, self.kv_heads, self.head_dim)
+    }
+
+    /// The queries of `x` (b, n, hidden), (b, heads, n, head dim), and the keys and values of
+    /// the cache's earlier positions and `x`'s, (b, kv heads, m, head dim), once `x`'s are
+    /// appended to `kv`; RoPE with `cos` and `sin` on queries and keys.
+    pub fn qkv(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        kv: &mut KvBuffer,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let (b, n, _) = x.dims3()?;
+        let split = |t: Tensor, h: usize| t.reshape((b, n, h, self.head_dim))?.transpose(1, 2)?.contiguous();
+        let q = split(dense(&self.q, x)?, self.heads)?;
+        let k = split(dense(&self.k, x)?, self.kv_heads)?;
+        let v = split(dense(&self.v, x)?, self.kv_heads)?;
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let (k, v) = kv.append(&k, &v)?;
+        Ok((q, k, v))
+    }
+
+    /// `o_proj` of the heads' outputs `y` (b, heads, n, head dim): (b, n, hidden).
+    pub fn out(&self, y: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, _, n, _) = y.dims4()?;
+        dense(&self.o, &y.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim))?)
+    }
+
     /// `x` (b, n, hidden) attending to the cache's earlier positions and itself: RoPE with `cos`
     /// and `sin` on queries and keys, the additive `mask`, scale `1/√head_dim`.
     pub fn forward(
@@ -100,19 +132,11 @@ impl SelfAttention {
         mask: &Tensor,
         kv: &mut KvBuffer,
     ) -> candle_core::Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        let split = |t: Tensor, h: usize| t.reshape((b, n, h, self.head_dim))?.transpose(1, 2)?.contiguous();
-        let q = split(dense(&self.q, x)?, self.heads)?;
-        let k = split(dense(&self.k, x)?, self.kv_heads)?;
-        let v = split(dense(&self.v, x)?, self.kv_heads)?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let (k, v) = kv.append(&k, &v)?;
+        let (q, k, v) = self.qkv(x, cos, sin, kv)?;
         let rep = self.heads / self.kv_heads;
         let (k, v) = (repeat_kv(k, rep)?, repeat_kv(v, rep)?);
         let y = attention(&q, &k, &v, Some(mask), (self.head_dim as f64).powf(-0.5))?;
-        let y = y.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim))?;
-        dense(&self.o, &y)
+        self.out(&y)
     }
 }
 

@@ -8,39 +8,18 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use vlm_core::attention::repeat_kv;
-use vlm_core::kernels::dense;
 use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask, padded_positions};
-use vlm_core::layers::{self, default_inv_freq, last_logits};
-use vlm_core::precision::{compute, linear};
+use vlm_core::layers::{self, DecoderShape, GatedMlp, SelfAttention, default_inv_freq, last_logits, rms_norm};
 use vlm_core::weights::need;
 use vlm_core::{ModelError, Result};
 
 use crate::config::TextConfig;
 
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-}
+/// Llama's self-attention: [`SelfAttention`]'s projections and RoPE, then the scores in one f32
+/// product, with no mask for one decode step.
+struct Attention(SelfAttention);
 
 impl Attention {
-    fn load(vb: VarBuilder, c: &TextConfig) -> Result<Self> {
-        let (h, hd) = (c.hidden_size, c.head_dim);
-        Ok(Self {
-            q: linear(vb.pp("q_proj"), h, c.num_attention_heads * hd, c.attention_bias)?,
-            k: linear(vb.pp("k_proj"), h, c.num_key_value_heads * hd, c.attention_bias)?,
-            v: linear(vb.pp("v_proj"), h, c.num_key_value_heads * hd, c.attention_bias)?,
-            o: linear(vb.pp("o_proj"), c.num_attention_heads * hd, h, c.attention_bias)?,
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim: hd,
-        })
-    }
-
     fn forward(
         &self,
         x: &Tensor,
@@ -49,14 +28,9 @@ impl Attention {
         mask: Option<&Tensor>,
         kv: &mut KvBuffer,
     ) -> candle_core::Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        let q = dense(&self.q, x)?.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
-        let k = dense(&self.k, x)?.reshape((b, n, self.kv_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
-        let v = dense(&self.v, x)?.reshape((b, n, self.kv_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let (k, v) = kv.append(&k, &v)?;
-        let rep = self.heads / self.kv_heads;
+        let (q, k, v) = self.0.qkv(x, cos, sin, kv)?;
+        let (heads, kv_heads, head_dim) = self.0.heads();
+        let rep = heads / kv_heads;
         let (k, v) = if rep == 1 {
             // Views into the cache's buffers: the products read them in place.
             (k, v)
@@ -65,14 +39,13 @@ impl Attention {
         };
         let in_dtype = q.dtype();
         let (q, k, v) = (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
-        let mut att = (q.matmul(&k.t()?)? * (self.head_dim as f64).powf(-0.5))?;
+        let mut att = (q.matmul(&k.t()?)? * (head_dim as f64).powf(-0.5))?;
         if let Some(m) = mask {
             att = att.broadcast_add(m)?;
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let y = att.matmul(&v)?.to_dtype(in_dtype)?;
-        let y = y.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim))?;
-        dense(&self.o, &y)
+        self.0.out(&y)
     }
 }
 
@@ -80,22 +53,29 @@ struct DecoderLayer {
     ln1: RmsNorm,
     attn: Attention,
     ln2: RmsNorm,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    mlp: GatedMlp,
 }
 
 impl DecoderLayer {
     fn load(vb: VarBuilder, c: &TextConfig) -> Result<Self> {
-        let (h, i) = (c.hidden_size, c.intermediate_size);
-        need(&vb, "input_layernorm.weight")?;
+        let shape = DecoderShape {
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            rms_norm_eps: c.rms_norm_eps,
+            qkv_bias: c.attention_bias,
+            o_bias: c.attention_bias,
+            mlp_bias: c.mlp_bias,
+            act: &c.hidden_act,
+        };
+        let (h, eps) = (c.hidden_size, c.rms_norm_eps);
         Ok(Self {
-            ln1: candle_nn::rms_norm(h, c.rms_norm_eps, compute(&vb.pp("input_layernorm")))?,
-            attn: Attention::load(vb.pp("self_attn"), c)?,
-            ln2: candle_nn::rms_norm(h, c.rms_norm_eps, compute(&vb.pp("post_attention_layernorm")))?,
-            gate: linear(vb.pp("mlp.gate_proj"), h, i, c.mlp_bias)?,
-            up: linear(vb.pp("mlp.up_proj"), h, i, c.mlp_bias)?,
-            down: linear(vb.pp("mlp.down_proj"), i, h, c.mlp_bias)?,
+            ln1: rms_norm(vb.pp("input_layernorm"), h, eps)?,
+            attn: Attention(SelfAttention::load(vb.pp("self_attn"), &shape)?),
+            ln2: rms_norm(vb.pp("post_attention_layernorm"), h, eps)?,
+            mlp: GatedMlp::load(vb.pp("mlp"), &shape)?,
         })
     }
 
@@ -108,9 +88,7 @@ impl DecoderLayer {
         kv: &mut KvBuffer,
     ) -> candle_core::Result<Tensor> {
         let h = (x + self.attn.forward(&self.ln1.forward(x)?, cos, sin, mask, kv)?)?;
-        let n = self.ln2.forward(&h)?;
-        let m = dense(&self.down, &(candle_nn::ops::silu(&dense(&self.gate, &n)?)? * dense(&self.up, &n)?)?)?;
-        h + m
+        &h + self.mlp.forward(&self.ln2.forward(&h)?)?
     }
 }
 
@@ -135,7 +113,7 @@ impl LlamaModel {
         let layers = (0..c.num_hidden_layers)
             .map(|i| DecoderLayer::load(model.pp(format!("layers.{i}")), c))
             .collect::<Result<_>>()?;
-        let norm = candle_nn::rms_norm(c.hidden_size, c.rms_norm_eps, compute(&model.pp("norm")))?;
+        let norm = rms_norm(model.pp("norm"), c.hidden_size, c.rms_norm_eps)?;
         let lm_head = layers::lm_head(lm_head, embed.embeddings(), c.hidden_size, c.vocab_size, c.tie_word_embeddings)?;
         // RoPE tables as transformers computes them: inv_freq in f32, position * inv_freq in f32.
         let hd = c.head_dim;
