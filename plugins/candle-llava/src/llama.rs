@@ -8,7 +8,7 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use vlm_core::attention::repeat_kv;
-use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask, padded_positions};
+use vlm_core::kv::{Cache, KvBuffer, check_context, held_positions, padded_causal_mask};
 use vlm_core::layers::{self, DecoderShape, GatedMlp, SelfAttention, default_inv_freq, last_logits, rms_norm};
 use vlm_core::weights::need;
 use vlm_core::{ModelError, Result};
@@ -181,20 +181,9 @@ impl LlamaModel {
             return Err(ModelError::Input(format!("{} pads for a batch of {b}", pads.len())));
         }
         let start = cache.len;
-        let total = start + n;
-        let longest = total - pads.iter().copied().min().unwrap_or(0);
-        // Only the prompt can be too long: each row's budget of new tokens fits its context, and a
-        // row that has finished keeps stepping (its tokens ignored) while the others go on, so its
-        // positions are held at the last one instead of failing the whole batch.
-        if start == 0 && longest > self.max_positions {
-            return Err(ModelError::Input(format!(
-                "the sequence needs {longest} positions, more than the model's {} (max_position_embeddings)",
-                self.max_positions
-            )));
-        }
+        check_context(pads, start, n, self.max_positions)?;
         let dev = embeds.device();
-        let last = self.max_positions.saturating_sub(1) as u32;
-        let positions: Vec<u32> = padded_positions(pads, start, n).into_iter().map(|p| p.min(last)).collect();
+        let positions = held_positions(pads, start, n, self.max_positions);
         let pos = Tensor::from_vec(positions, b * n, dev)?;
         let half = self.cos.dim(1)?;
         let cos = self.cos.index_select(&pos, 0)?.reshape((b, n, half))?;

@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use vlm_core::attention::attention;
 use vlm_core::kernels::dense;
-use vlm_core::kv::{Cache, padded_causal_mask, padded_positions};
+use vlm_core::kv::{Cache, check_context, held_positions, padded_causal_mask};
 use vlm_core::layers::{self, DecoderLayer, DecoderShape, GatedMlp, last_logits, rms_norm};
 use vlm_core::precision::linear;
 use vlm_core::weights::need;
@@ -241,19 +241,9 @@ impl TextModel {
             return Err(ModelError::Input(format!("{} pads for a batch of {b}", pads.len())));
         }
         let start = cache.len;
-        let longest = start + n - pads.iter().copied().min().unwrap_or(0);
-        // Only the prompt can be too long: each row's budget of new tokens fits its context, and a
-        // row that has finished keeps stepping (its tokens ignored) while the others go on, so its
-        // positions are held at the last one instead of failing the whole batch.
-        if start == 0 && longest > self.max_positions {
-            return Err(ModelError::Input(format!(
-                "the sequence needs {longest} positions, more than the model's context of {} (max_position_embeddings)",
-                self.max_positions
-            )));
-        }
+        check_context(pads, start, n, self.max_positions)?;
         let dev = embeds.device();
-        let last = self.max_positions.saturating_sub(1) as u32;
-        let positions: Vec<u32> = padded_positions(pads, start, n).into_iter().map(|p| p.min(last)).collect();
+        let positions = held_positions(pads, start, n, self.max_positions);
         let (cos, sin) = self.rope(&positions, b, n, dev)?;
         let mask = padded_causal_mask(pads, start, n, DType::F32, dev)?;
         let mut x = embeds.to_dtype(self.dtype)?;

@@ -15,7 +15,7 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
-use vlm_core::kv::{Cache, padded_causal_mask};
+use vlm_core::kv::{Cache, check_context, padded_causal_mask};
 use vlm_core::layers::{self, DecoderLayer, DecoderShape, default_inv_freq, last_logits, rms_norm};
 use vlm_core::weights::need;
 use vlm_core::{ModelError, Result};
@@ -109,13 +109,7 @@ impl TextModel {
             )));
         }
         // The prompt must fit the context; decode steps are bounded by each row's budget.
-        let needed = n - pads.iter().copied().min().unwrap_or(0);
-        if cache.len == 0 && needed > self.max_positions {
-            return Err(ModelError::Input(format!(
-                "the sequence needs {needed} positions, more than the model's context of {} (max_position_embeddings)",
-                self.max_positions
-            )));
-        }
+        check_context(pads, cache.len, n, self.max_positions)?;
         let dev = embeds.device();
         let (cos, sin) = self.mrope(positions, b, n, dev)?;
         let mask = padded_causal_mask(pads, cache.len, n, DType::F32, dev)?;
