@@ -32,6 +32,35 @@ pub struct DecoderShape<'a> {
     pub act: &'a str,
 }
 
+impl<'a> DecoderShape<'a> {
+    /// A layer of `hidden` values, an MLP of `intermediate`, `(heads, kv heads, head dim)`
+    /// attention heads, no biases.
+    pub fn new(
+        hidden: usize,
+        intermediate: usize,
+        heads: (usize, usize, usize),
+        rms_norm_eps: f64,
+        act: &'a str,
+    ) -> Self {
+        let (heads, kv_heads, head_dim) = heads;
+        Self {
+            hidden,
+            intermediate,
+            heads,
+            kv_heads,
+            head_dim,
+            rms_norm_eps,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            act,
+        }
+    }
+}
+
+/// RoPE's cos and sin tables for the positions being run, (b, n, head dim / 2) or (n, head dim / 2).
+pub type Rope<'a> = (&'a Tensor, &'a Tensor);
+
 /// An RMSNorm over `dim` values from `vb`'s `weight` (kept in the compute dtype).
 pub fn rms_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<RmsNorm> {
     need(&vb, "weight")?;
@@ -97,12 +126,11 @@ impl SelfAttention {
 
     /// The queries of `x` (b, n, hidden), (b, heads, n, head dim), and the keys and values of
     /// the cache's earlier positions and `x`'s, (b, kv heads, m, head dim), once `x`'s are
-    /// appended to `kv`; RoPE with `cos` and `sin` on queries and keys.
+    /// appended to `kv`; `rope` on queries and keys.
     pub fn qkv(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        (cos, sin): Rope,
         kv: &mut KvBuffer,
     ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let (b, n, _) = x.dims3()?;
@@ -122,17 +150,10 @@ impl SelfAttention {
         dense(&self.o, &y.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim))?)
     }
 
-    /// `x` (b, n, hidden) attending to the cache's earlier positions and itself: RoPE with `cos`
-    /// and `sin` on queries and keys, the additive `mask`, scale `1/√head_dim`.
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-        kv: &mut KvBuffer,
-    ) -> candle_core::Result<Tensor> {
-        let (q, k, v) = self.qkv(x, cos, sin, kv)?;
+    /// `x` (b, n, hidden) attending to the cache's earlier positions and itself: `rope` on
+    /// queries and keys, the additive `mask`, scale `1/√head_dim`.
+    pub fn forward(&self, x: &Tensor, rope: Rope, mask: &Tensor, kv: &mut KvBuffer) -> candle_core::Result<Tensor> {
+        let (q, k, v) = self.qkv(x, rope, kv)?;
         let rep = self.heads / self.kv_heads;
         let (k, v) = (repeat_kv(k, rep)?, repeat_kv(v, rep)?);
         let y = attention(&q, &k, &v, Some(mask), (self.head_dim as f64).powf(-0.5))?;
@@ -159,15 +180,8 @@ impl DecoderLayer {
         })
     }
 
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-        kv: &mut KvBuffer,
-    ) -> candle_core::Result<Tensor> {
-        let h = (x + self.attn.forward(&self.ln1.forward(x)?, cos, sin, mask, kv)?)?;
+    pub fn forward(&self, x: &Tensor, rope: Rope, mask: &Tensor, kv: &mut KvBuffer) -> candle_core::Result<Tensor> {
+        let h = (x + self.attn.forward(&self.ln1.forward(x)?, rope, mask, kv)?)?;
         &h + self.mlp.forward(&self.ln2.forward(&h)?)?
     }
 }

@@ -418,22 +418,28 @@ impl<B: Backend + GreedyBackend> Fixture<B> {
         }
     }
 
-    /// With `set_eos` making the fifth greedy token of the first golden case of `checkpoint` an
-    /// EOS, that case stops there with the EOS left out of its answer, and a batch where that row
-    /// stops early and the others run on answers as each does alone.
-    pub fn generation_stops_at_the_first_eos(
-        &self,
-        mut b: B,
-        checkpoint: &str,
-        set_eos: impl FnOnce(&mut B, Vec<u32>),
-    ) {
+    /// With a copy of `checkpoint` whose generation_config.json makes the fifth greedy token of
+    /// its first golden case an EOS (and the backend `options`), that case stops there with the
+    /// EOS left out of its answer, and a batch where that row stops early and the others run on
+    /// answers as each does alone.
+    pub fn generation_stops_at_the_first_eos(&self, checkpoint: &str, options: Value) {
         // The fixtures' greedy runs may never reach their EOS; stop at a token they do produce.
         let g = golden(checkpoint);
         let cases = cases(&g);
         let tokens = ids(&cases[0]["greedy_tokens"]);
         let stop = tokens[4];
         let at = tokens.iter().position(|&t| t == stop).unwrap();
-        set_eos(&mut b, vec![stop]);
+        let dir = temp_dir(&B::describe().name).join(format!("{checkpoint}-eos-{stop}"));
+        checkpoint_without(&fixtures().join("checkpoints").join(checkpoint), &dir, "generation_config.json");
+        let from = fixtures().join("checkpoints").join(checkpoint).join("generation_config.json");
+        let mut generation: Value = serde_json::from_str(&std::fs::read_to_string(from).unwrap()).unwrap();
+        generation["eos_token_id"] = serde_json::json!([stop]);
+        std::fs::write(dir.join("generation_config.json"), generation.to_string()).unwrap();
+        let mut cfg = self.config(checkpoint);
+        cfg.checkpoint = Some(dir.display().to_string());
+        cfg.options = options;
+        let b = B::create(cfg).unwrap();
+        assert_eq!(b.eos(), [stop]);
         let got = b.generate_one(&self.case_request(&cases[0], 24)).unwrap();
         assert_eq!(got.finish_reason.as_deref(), Some("stop"));
         assert_eq!(got.tokens, Some(at as u32 + 1));

@@ -28,7 +28,7 @@ impl Attention {
         mask: Option<&Tensor>,
         kv: &mut KvBuffer,
     ) -> candle_core::Result<Tensor> {
-        let (q, k, v) = self.0.qkv(x, cos, sin, kv)?;
+        let (q, k, v) = self.0.qkv(x, (cos, sin), kv)?;
         let (heads, kv_heads, head_dim) = self.0.heads();
         let rep = heads / kv_heads;
         let (k, v) = if rep == 1 {
@@ -58,17 +58,12 @@ struct DecoderLayer {
 
 impl DecoderLayer {
     fn load(vb: VarBuilder, c: &TextConfig) -> Result<Self> {
+        let heads = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let shape = DecoderShape {
-            hidden: c.hidden_size,
-            intermediate: c.intermediate_size,
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-            rms_norm_eps: c.rms_norm_eps,
             qkv_bias: c.attention_bias,
             o_bias: c.attention_bias,
             mlp_bias: c.mlp_bias,
-            act: &c.hidden_act,
+            ..DecoderShape::new(c.hidden_size, c.intermediate_size, heads, c.rms_norm_eps, &c.hidden_act)
         };
         let (h, eps) = (c.hidden_size, c.rms_norm_eps);
         Ok(Self {

@@ -84,22 +84,17 @@ impl CandleMllama {
         })
     }
 
+    /// The checkpoint folder it was loaded from.
+    pub fn checkpoint(&self) -> &Path {
+        &self.checkpoint
+    }
+
     pub fn processor(&self) -> &ImageProcessorConfig {
         &self.processor
     }
 
     pub fn tokenizer(&self) -> &PromptTokenizer {
         &self.tokenizer
-    }
-
-    /// Tests: stop at other tokens (the fixtures' greedy runs may never reach their EOS).
-    #[cfg(test)]
-    pub(crate) fn set_eos(&mut self, eos: Vec<u32>) {
-        self.eos = eos;
-    }
-
-    pub fn checkpoint(&self) -> &Path {
-        &self.checkpoint
     }
 }
 

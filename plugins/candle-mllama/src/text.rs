@@ -31,18 +31,8 @@ use crate::config::TextConfig;
 
 /// A self-attention layer's sizes (no biases); the cross-attention layers' MLP is the same.
 fn layer_shape(c: &TextConfig) -> DecoderShape<'_> {
-    DecoderShape {
-        hidden: c.hidden_size,
-        intermediate: c.intermediate_size,
-        heads: c.num_attention_heads,
-        kv_heads: c.num_key_value_heads,
-        head_dim: c.head_dim,
-        rms_norm_eps: c.rms_norm_eps,
-        qkv_bias: false,
-        o_bias: false,
-        mlp_bias: false,
-        act: &c.hidden_act,
-    }
+    let heads = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    DecoderShape::new(c.hidden_size, c.intermediate_size, heads, c.rms_norm_eps, &c.hidden_act)
 }
 
 /// One cross-attention layer's keys and values for a batch: (b, kv heads, K, head_dim) each.
@@ -251,7 +241,7 @@ impl TextModel {
         for layer in &self.layers {
             match layer {
                 Layer::SelfAttention(l) => {
-                    x = l.forward(&x, &cos, &sin, &mask, &mut cache.kvs[si])?;
+                    x = l.forward(&x, (&cos, &sin), &mask, &mut cache.kvs[si])?;
                     si += 1;
                 }
                 Layer::CrossAttention(l) => {

@@ -49,22 +49,17 @@ impl CandleQwen2Vl {
         Ok(Self { checkpoint: dir.to_owned(), model, inputs })
     }
 
+    /// The checkpoint folder it was loaded from.
+    pub fn checkpoint(&self) -> &Path {
+        &self.checkpoint
+    }
+
     pub fn processor(&self) -> &ImageProcessorConfig {
         &self.inputs.processor
     }
 
     pub fn tokenizer(&self) -> &PromptTokenizer {
         &self.inputs.tokenizer
-    }
-
-    /// Tests: stop at other tokens (the fixtures' greedy runs never reach their EOS).
-    #[cfg(test)]
-    pub(crate) fn set_eos(&mut self, eos: Vec<u32>) {
-        self.inputs.eos = eos;
-    }
-
-    pub fn checkpoint(&self) -> &Path {
-        &self.checkpoint
     }
 }
 

@@ -23,22 +23,6 @@ use vlm_core::{ModelError, Result};
 use crate::config::TextConfig;
 pub use vlm_core::qwen2vl::rope::{Positions, rope_index};
 
-/// A decoder layer's sizes: attention with q/k/v biases and no o bias, no MLP bias.
-fn layer_shape(c: &TextConfig) -> DecoderShape<'_> {
-    DecoderShape {
-        hidden: c.hidden_size,
-        intermediate: c.intermediate_size,
-        heads: c.num_attention_heads,
-        kv_heads: c.num_key_value_heads,
-        head_dim: c.head_dim,
-        rms_norm_eps: c.rms_norm_eps,
-        qkv_bias: true,
-        o_bias: false,
-        mlp_bias: false,
-        act: &c.hidden_act,
-    }
-}
-
 /// `Qwen2VLTextModel` plus `lm_head`.
 pub struct TextModel {
     embed: Embedding,
@@ -59,7 +43,12 @@ impl TextModel {
     pub fn load(model: VarBuilder, lm_head: VarBuilder, c: &TextConfig, dtype: DType) -> Result<Self> {
         need(&model, "embed_tokens.weight")?;
         let embed = candle_nn::embedding(c.vocab_size, c.hidden_size, model.pp("embed_tokens"))?;
-        let shape = layer_shape(c);
+        // Attention with q/k/v biases and no o bias, no MLP bias.
+        let heads = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let shape = DecoderShape {
+            qkv_bias: true,
+            ..DecoderShape::new(c.hidden_size, c.intermediate_size, heads, c.rms_norm_eps, &c.hidden_act)
+        };
         let layers = (0..c.num_hidden_layers)
             .map(|i| DecoderLayer::load(model.pp(format!("layers.{i}")), &shape))
             .collect::<Result<_>>()?;
@@ -115,7 +104,7 @@ impl TextModel {
         let mask = padded_causal_mask(pads, cache.len, n, DType::F32, dev)?;
         let mut x = embeds.to_dtype(self.dtype)?;
         for (layer, kv) in self.layers.iter().zip(cache.kvs.iter_mut()) {
-            x = layer.forward(&x, &cos, &sin, &mask, kv)?;
+            x = layer.forward(&x, (&cos, &sin), &mask, kv)?;
         }
         cache.len += n;
         Ok(last_logits(&self.norm, &self.lm_head, &x)?)
