@@ -113,11 +113,15 @@ pub fn padded_positions(pads: &[usize], start: usize, n: usize) -> Vec<u32> {
     positions
 }
 
-/// A left-padded prompt of `n` new positions (`start` 0) must fit the model's context of
-/// `max_positions`: its longest row, without padding. Only the prompt can be too long: each row's
-/// budget of new tokens fits its context, and a row that has finished keeps stepping (its tokens
-/// ignored) while the others go on (see [`held_positions`]).
-pub fn check_context(pads: &[usize], start: usize, n: usize, max_positions: usize) -> crate::Result<()> {
+/// A left-padded batch of `b` rows must have one padding a row, and a prompt of `n` new positions
+/// (`start` 0) must fit the model's context of `max_positions`: its longest row, without padding.
+/// Only the prompt can be too long: each row's budget of new tokens fits its context, and a row
+/// that has finished keeps stepping (its tokens ignored) while the others go on (see
+/// [`held_positions`]).
+pub fn check_context(pads: &[usize], b: usize, start: usize, n: usize, max_positions: usize) -> crate::Result<()> {
+    if pads.len() != b {
+        return Err(crate::ModelError::Input(format!("{} pads for a batch of {b}", pads.len())));
+    }
     let longest = start + n - pads.iter().copied().min().unwrap_or(0);
     if start == 0 && longest > max_positions {
         return Err(crate::ModelError::Input(format!(
@@ -170,10 +174,11 @@ mod tests {
 
     #[test]
     fn only_a_prompt_longer_than_the_context_is_refused_and_steps_are_held_at_its_end() {
-        assert!(check_context(&[2, 3], 0, 6, 4).is_ok());
-        let e = check_context(&[1, 3], 0, 6, 4).unwrap_err().to_string();
+        assert!(check_context(&[2, 3], 2, 0, 6, 4).is_ok());
+        let e = check_context(&[1, 3], 2, 0, 6, 4).unwrap_err().to_string();
         assert!(e.contains("needs 5 positions") && e.contains("context of 4"), "{e}");
-        assert!(check_context(&[0], 9, 1, 4).is_ok());
+        assert!(check_context(&[0], 1, 9, 1, 4).is_ok());
+        assert!(check_context(&[0], 2, 0, 1, 4).unwrap_err().to_string().contains("1 pads for a batch of 2"));
         assert_eq!(held_positions(&[0, 2], 3, 2, 4), vec![3, 3, 1, 2]);
     }
 }

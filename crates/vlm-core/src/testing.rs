@@ -249,6 +249,18 @@ pub fn check_golden_rgb(
     assert!(want.data == data, "{what}: {differs}");
 }
 
+/// Images a request may fail on, in the scratch folder `scratch` ([`temp_dir`]): a corrupt PNG
+/// (`corrupt.png`), an absent file (`absent.png`) and a PNG claiming 60000x60000 pixels
+/// (`huge.png`).
+pub fn bad_images(scratch: &str) -> [PathBuf; 3] {
+    let dir = temp_dir(scratch);
+    let corrupt = dir.join("corrupt.png");
+    std::fs::write(&corrupt, b"\x89PNG not really").unwrap();
+    let huge = dir.join("huge.png");
+    std::fs::write(&huge, png_claiming(60_000, 60_000)).unwrap();
+    [corrupt, dir.join("absent.png"), huge]
+}
+
 /// A [`GreedyBackend`] of the fixtures, served as `arch` (`Backend::create`), in the message
 /// layout it declares for it.
 pub struct Fixture<B> {
@@ -407,6 +419,42 @@ impl<B: Backend + GreedyBackend> Fixture<B> {
                 r
             })
             .collect()
+    }
+
+    /// "What is this?" about `good_image` answers as it does alone, in one call with requests
+    /// that each fail alone with a `bad_request` naming its item and each of its words: a corrupt,
+    /// an absent and a huge image ([`bad_images`]: their names; the huge one's size), a prompt of
+    /// `long_words` words past the context (`context` and the image's name), and `more`.
+    pub fn bad_items_fail_alone(
+        &self,
+        b: &B,
+        good_image: &Path,
+        long_words: usize,
+        more: Vec<(GenerateRequest, Vec<&str>)>,
+    ) {
+        let ask = |id: &str, prompt: &str, image: &Path| request(id, prompt, image, 4, &self.layout);
+        let good = ask("1", "What is this?", good_image);
+        let [corrupt, absent, huge] = bad_images(&B::describe().name);
+        let good_name = good_image.file_name().unwrap().to_str().unwrap();
+        let mut bad = vec![
+            (ask("2", "What is this?", &corrupt), vec!["corrupt.png"]),
+            (ask("3", "What is this?", &absent), vec!["absent.png"]),
+            (ask("4", "What is this?", &huge), vec!["60000x60000", "huge.png"]),
+            (ask("5", &"word ".repeat(long_words), good_image), vec!["context", good_name]),
+        ];
+        bad.extend(more);
+        let mut requests = vec![good.clone()];
+        requests.extend(bad.iter().map(|(r, _)| r.clone()));
+        let out = b.generate(requests);
+        assert_eq!(out[0].as_ref().unwrap(), &b.generate_one(&good).unwrap());
+        for ((req, words), got) in bad.iter().zip(&out[1..]) {
+            let e = got.as_ref().unwrap_err();
+            assert_eq!(e.kind, ErrorKind::BadRequest, "{e}");
+            assert!(e.message.contains(&format!("item {}", req.id)), "{e}");
+            for w in words {
+                assert!(e.message.contains(w), "{e}");
+            }
+        }
     }
 
     /// `requests` generated as one call answer as each does alone.

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use vlm_core::attention::repeat_kv;
 use vlm_core::kv::{Cache, KvBuffer, check_context, held_positions, padded_causal_mask};
-use vlm_core::layers::{self, DecoderShape, GatedMlp, SelfAttention, default_inv_freq, last_logits, rms_norm};
+use vlm_core::layers::{self, DecoderShape, GatedMlp, Rope, SelfAttention, default_inv_freq, last_logits, rms_norm};
 use vlm_core::weights::need;
 use vlm_core::{ModelError, Result};
 
@@ -20,15 +20,8 @@ use crate::config::TextConfig;
 struct Attention(SelfAttention);
 
 impl Attention {
-    fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-        kv: &mut KvBuffer,
-    ) -> candle_core::Result<Tensor> {
-        let (q, k, v) = self.0.qkv(x, (cos, sin), kv)?;
+    fn forward(&self, x: &Tensor, rope: Rope, mask: Option<&Tensor>, kv: &mut KvBuffer) -> candle_core::Result<Tensor> {
+        let (q, k, v) = self.0.qkv(x, rope, kv)?;
         let (heads, kv_heads, head_dim) = self.0.heads();
         let rep = heads / kv_heads;
         let (k, v) = if rep == 1 {
@@ -74,15 +67,8 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-        kv: &mut KvBuffer,
-    ) -> candle_core::Result<Tensor> {
-        let h = (x + self.attn.forward(&self.ln1.forward(x)?, cos, sin, mask, kv)?)?;
+    fn forward(&self, x: &Tensor, rope: Rope, mask: Option<&Tensor>, kv: &mut KvBuffer) -> candle_core::Result<Tensor> {
+        let h = (x + self.attn.forward(&self.ln1.forward(x)?, rope, mask, kv)?)?;
         &h + self.mlp.forward(&self.ln2.forward(&h)?)?
     }
 }
@@ -160,7 +146,7 @@ impl LlamaModel {
         };
         let mut x = embeds.clone();
         for (layer, kv) in self.layers.iter().zip(cache.kvs.iter_mut()) {
-            x = layer.forward(&x, &cos, &sin, mask.as_ref(), kv)?;
+            x = layer.forward(&x, (&cos, &sin), mask.as_ref(), kv)?;
         }
         cache.len += n;
         Ok(last_logits(&self.norm, &self.lm_head, &x)?.flatten_all()?)
@@ -172,11 +158,8 @@ impl LlamaModel {
     /// (`position_ids = cumsum(attention_mask) - 1`). Returns each row's last logits, (b, vocab), f32.
     pub fn forward_batch(&self, embeds: &Tensor, pads: &[usize], cache: &mut Cache) -> Result<Tensor> {
         let (b, n, _) = embeds.dims3()?;
-        if pads.len() != b {
-            return Err(ModelError::Input(format!("{} pads for a batch of {b}", pads.len())));
-        }
         let start = cache.len;
-        check_context(pads, start, n, self.max_positions)?;
+        check_context(pads, b, start, n, self.max_positions)?;
         let dev = embeds.device();
         let positions = held_positions(pads, start, n, self.max_positions);
         let pos = Tensor::from_vec(positions, b * n, dev)?;
@@ -186,7 +169,7 @@ impl LlamaModel {
         let mask = padded_causal_mask(pads, start, n, DType::F32, dev)?;
         let mut x = embeds.clone();
         for (layer, kv) in self.layers.iter().zip(cache.kvs.iter_mut()) {
-            x = layer.forward(&x, &cos, &sin, Some(&mask), kv)?;
+            x = layer.forward(&x, (&cos, &sin), Some(&mask), kv)?;
         }
         cache.len += n;
         Ok(last_logits(&self.norm, &self.lm_head, &x)?)

@@ -17,7 +17,7 @@ use candle_core::{DType, Device};
 use vlm_core::batch::GreedyBackend;
 use vlm_core::checkpoint::{ImageToken, eos_and_penalty, prompt_files, require_dir};
 use vlm_core::generation::OtherProcessors;
-use vlm_core::request::{checkpoint_dtype_device, devices, image_paths};
+use vlm_core::request::{checkpoint_dtype_device, image_paths, one_arch_info};
 use vlm_core::template::ChatTemplate;
 use vlm_core::tokenizer::PromptTokenizer;
 use vlsbench_plugin_api::{
@@ -162,22 +162,12 @@ struct NoOptions {}
 
 impl Backend for CandleMllama {
     fn describe() -> BackendInfo {
-        BackendInfo {
-            name: "candle-mllama".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Llama 3.2 Vision on candle: Mllama image processor (Pillow-exact bilinear, tiles), vision \
-                          encoder, gated cross-attention, greedy decoding, batched, parity-tested against transformers"
-                .into(),
-            archs: vec![ARCH.into()],
-            max_batch: MAX_BATCH as u32,
-            concurrent: false,
-            devices: devices(),
-            checkpoint_is_path: true,
-            path_options: vec![],
-            // The reference's mllama loader: user content [image, text], no system message (the
-            // Llama 3.2 Vision template refuses a system message with an image).
-            message_layouts: [(ARCH.to_owned(), MessageLayout::image_then_text())].into(),
-        }
+        let description = "Llama 3.2 Vision on candle: Mllama image processor (Pillow-exact bilinear, tiles), vision \
+                           encoder, gated cross-attention, greedy decoding, batched, parity-tested against transformers";
+        // The reference's mllama loader: user content [image, text], no system message (the Llama
+        // 3.2 Vision template refuses a system message with an image).
+        let layout = MessageLayout::image_then_text();
+        one_arch_info("candle-mllama", env!("CARGO_PKG_VERSION"), description, ARCH, MAX_BATCH, layout)
     }
 
     fn options() -> Option<Vec<vlsbench_plugin_api::OptionSpec>> {

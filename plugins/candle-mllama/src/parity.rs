@@ -10,12 +10,9 @@ use std::path::Path;
 use serde_json::Value;
 use vlm_core::batch::GreedyBackend;
 use vlm_core::greedy::GreedyModel;
-use vlm_core::testing::{
-    self, Fixture, check_golden_rgb, check_pixel_values, fixtures, golden, ids, png_claiming, temp_dir,
-};
+use vlm_core::testing::{self, Fixture, check_golden_rgb, check_pixel_values, fixtures, golden, ids};
 use vlsbench_plugin_api::{
-    Backend, BackendConfig, ChatMessage, ContentPart, ErrorKind, GenerateRequest, GenerationSettings, MessageLayout,
-    Role,
+    Backend, BackendConfig, ChatMessage, ContentPart, GenerateRequest, GenerationSettings, MessageLayout, Role,
 };
 
 use crate::backend::{ARCH, CandleMllama};
@@ -186,31 +183,9 @@ fn text_only_and_two_image_requests_are_prepared_as_the_processor_does() {
 
 #[test]
 fn a_bad_item_in_a_batch_fails_alone_with_a_typed_error_naming_it() {
-    let fx = fixtures();
-    let dir = temp_dir("candle-mllama");
-    let corrupt = dir.join("corrupt.png");
-    std::fs::write(&corrupt, b"\x89PNG not really").unwrap();
-    let huge = dir.join("huge.png");
-    std::fs::write(&huge, png_claiming(60_000, 60_000)).unwrap();
-    let b = load("mllama");
-    let good = request("1", "What is this?", &fx.join("images/wide2.png"), 4);
-    let out = b.generate(vec![
-        good.clone(),
-        request("2", "What is this?", &corrupt, 4),
-        request("3", "What is this?", &dir.join("absent.png"), 4),
-        request("4", "What is this?", &huge, 4),
-        request("5", &"word ".repeat(70_000), &fx.join("images/wide2.png"), 4),
-        request("6", "A second <|image|> in the text", &fx.join("images/wide2.png"), 4),
-    ]);
-    assert_eq!(out[0].as_ref().unwrap(), &b.generate_one(&good).unwrap());
-    let expected = [(1, "corrupt.png"), (2, "absent.png"), (3, "60000x60000"), (4, "context"), (5, "<|image|>")];
-    assert!(out[4].as_ref().unwrap_err().message.contains("wide2.png"));
-    assert!(out[3].as_ref().unwrap_err().message.contains("huge.png"));
-    for (k, what) in expected {
-        let e = out[k].as_ref().unwrap_err();
-        assert_eq!(e.kind, ErrorKind::BadRequest, "{e}");
-        assert!(e.message.contains(&format!("item {}", k + 1)) && e.message.contains(what), "{e}");
-    }
+    let wide2 = fixtures().join("images/wide2.png");
+    let second_image = request("6", "A second <|image|> in the text", &wide2, 4);
+    fixture().bad_items_fail_alone(&load("mllama"), &wide2, 70_000, vec![(second_image, vec!["<|image|>"])]);
 }
 
 #[test]

@@ -227,11 +227,8 @@ impl TextModel {
         cross: Option<(&CrossContext, &Tensor, &Tensor)>,
     ) -> Result<Tensor> {
         let (b, n, _) = embeds.dims3()?;
-        if pads.len() != b {
-            return Err(ModelError::Input(format!("{} pads for a batch of {b}", pads.len())));
-        }
         let start = cache.len;
-        check_context(pads, start, n, self.max_positions)?;
+        check_context(pads, b, start, n, self.max_positions)?;
         let dev = embeds.device();
         let positions = held_positions(pads, start, n, self.max_positions);
         let (cos, sin) = self.rope(&positions, b, n, dev)?;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use vlm_core::batch::GreedyBackend;
 use vlm_core::qwen2vl::Qwen2VlInputs;
-use vlm_core::request::{checkpoint_dtype_device, devices};
+use vlm_core::request::{checkpoint_dtype_device, one_arch_info};
 use vlm_core::tokenizer::PromptTokenizer;
 use vlsbench_plugin_api::{
     Backend, BackendConfig, BackendError, BackendInfo, ChatMessage, GenerateRequest, Generation, MessageLayout,
@@ -112,22 +112,12 @@ struct Qwen2VlOptions {
 
 impl Backend for CandleQwen2Vl {
     fn describe() -> BackendInfo {
-        BackendInfo {
-            name: "candle-qwen2vl".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Qwen2-VL on candle: qwen_vl_utils + Qwen2VLImageProcessor preprocessing, M-RoPE, greedy \
-                          decoding, batched, parity-tested against transformers"
-                .into(),
-            archs: vec![ARCH.into()],
-            max_batch: MAX_BATCH as u32,
-            concurrent: false,
-            devices: devices(),
-            checkpoint_is_path: true,
-            path_options: vec![],
-            // The reference's qwen2vl loader: user content [image, text], the chat template adds
-            // its default system prompt.
-            message_layouts: [(ARCH.to_owned(), MessageLayout::image_then_text())].into(),
-        }
+        let description = "Qwen2-VL on candle: qwen_vl_utils + Qwen2VLImageProcessor preprocessing, M-RoPE, greedy \
+                           decoding, batched, parity-tested against transformers";
+        // The reference's qwen2vl loader: user content [image, text], the chat template adds its
+        // default system prompt.
+        let layout = MessageLayout::image_then_text();
+        one_arch_info("candle-qwen2vl", env!("CARGO_PKG_VERSION"), description, ARCH, MAX_BATCH, layout)
     }
 
     fn options() -> Option<Vec<vlsbench_plugin_api::OptionSpec>> {

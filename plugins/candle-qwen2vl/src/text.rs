@@ -98,7 +98,7 @@ impl TextModel {
             )));
         }
         // The prompt must fit the context; decode steps are bounded by each row's budget.
-        check_context(pads, cache.len, n, self.max_positions)?;
+        check_context(pads, b, cache.len, n, self.max_positions)?;
         let dev = embeds.device();
         let (cos, sin) = self.mrope(positions, b, n, dev)?;
         let mask = padded_causal_mask(pads, cache.len, n, DType::F32, dev)?;
