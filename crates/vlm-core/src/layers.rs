@@ -1,12 +1,12 @@
 //! The decoder pieces the text models share, each the same math as transformers' and loaded with
-//! a missing weight named: RMSNorm ([`rms_norm`]), the gated MLP (`down(act(gate(x)) · up(x))`,
+//! a missing weight named: RMSNorm ([`rms_norm`]) and LayerNorm ([`layer_norm`], the vision towers'), the gated MLP (`down(act(gate(x)) · up(x))`,
 //! [`GatedMlp`]), grouped-query self-attention with RoPE over the KV cache ([`SelfAttention`]),
 //! and the pre-norm layer made of them ([`DecoderLayer`]), all sized by a [`DecoderShape`]; the
 //! default rotary frequencies ([`default_inv_freq`]), the output projection, tied or not
 //! ([`lm_head`]), and the last position's logits ([`last_logits`]).
 
 use candle_core::{DType, IndexOp, Module, Tensor};
-use candle_nn::{Linear, RmsNorm, VarBuilder};
+use candle_nn::{LayerNorm, Linear, RmsNorm, VarBuilder};
 
 use crate::attention::{attention, repeat_kv};
 use crate::kernels::{act, dense};
@@ -65,6 +65,12 @@ pub type Rope<'a> = (&'a Tensor, &'a Tensor);
 pub fn rms_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<RmsNorm> {
     need(&vb, "weight")?;
     Ok(candle_nn::rms_norm(dim, eps, compute(&vb))?)
+}
+
+/// A LayerNorm over `dim` values from `vb`'s `weight` and `bias` (kept in the compute dtype).
+pub fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<LayerNorm> {
+    need(&vb, "weight")?;
+    Ok(candle_nn::layer_norm(dim, eps, compute(&vb))?)
 }
 
 /// `down(act(gate(x)) · up(x))` (LlamaMLP, Qwen2MLP).
