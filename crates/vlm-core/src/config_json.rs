@@ -68,6 +68,26 @@ pub fn channels(obj: &Value, key: &str, default: [f64; 3], path: &Path, ctx: &st
     }
 }
 
+/// `image_std`: [`channels`], none of them zero (normalising divides by it).
+pub fn image_std(obj: &Value, default: [f64; 3], path: &Path, ctx: &str) -> Result<[f64; 3], ConfigError> {
+    let std = channels(obj, "image_std", default, path, ctx)?;
+    if std.contains(&0.0) {
+        return Err(invalid(path, format!("{ctx}image_std: a zero standard deviation")));
+    }
+    Ok(std)
+}
+
+/// An image processor's `image_processor_type`, when it names one, must be `class` (or a
+/// subclass named after it: `...Fast`).
+pub fn check_processor_type(obj: &Value, class: &str, path: &Path, ctx: &str) -> Result<(), ConfigError> {
+    match obj.get("image_processor_type").and_then(Value::as_str) {
+        Some(t) if !t.starts_with(class) => {
+            Err(invalid(path, format!("{ctx}image_processor_type {t:?} is not {class}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A checkpoint's image processor settings as transformers finds them: nested under
 /// `image_processor` in `processor_config.json` (newest), else `preprocessor_config.json`. The
 /// value, the file it came from and the context for messages (`"image_processor."` when nested).
@@ -187,6 +207,19 @@ mod tests {
         let e = heads(&json!({"num_key_value_heads": 3}), p, "", [12, 4, 2]).unwrap_err();
         assert_eq!(e.to_string(), "c.json: num_attention_heads is not a multiple of num_key_value_heads");
         assert!(heads(&json!({"num_attention_heads": 0}), p, "", [8, 2, 2]).is_err());
+    }
+
+    #[test]
+    fn image_std_may_not_be_zero_and_the_processor_type_must_match() {
+        let p = Path::new("p.json");
+        assert_eq!(image_std(&json!({}), [0.5; 3], p, "").unwrap(), [0.5; 3]);
+        let e = image_std(&json!({"image_std": [1, 0, 1]}), [0.5; 3], p, "x.").unwrap_err().to_string();
+        assert_eq!(e, "p.json: x.image_std: a zero standard deviation");
+        let v = json!({"image_processor_type": "Qwen2VLImageProcessorFast"});
+        assert!(check_processor_type(&v, "Qwen2VLImageProcessor", p, "").is_ok());
+        assert!(check_processor_type(&json!({}), "Qwen2VLImageProcessor", p, "").is_ok());
+        let e = check_processor_type(&v, "MllamaImageProcessor", p, "").unwrap_err().to_string();
+        assert_eq!(e, "p.json: image_processor_type \"Qwen2VLImageProcessorFast\" is not MllamaImageProcessor");
     }
 
     #[test]

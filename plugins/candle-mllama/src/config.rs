@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 pub use vlm_core::config_json::{ConfigError, parse_ids, read_json};
-use vlm_core::config_json::{Heads, channels, field, heads, image_processor_json, invalid, model_type, size};
+use vlm_core::config_json::{
+    Heads, channels, check_processor_type, field, heads, image_processor_json, image_std, invalid, model_type, size,
+};
 use vlm_core::resize::Filter;
 
 /// Rotary position embedding: the default one, or Llama 3's frequency-dependent scaling.
@@ -325,11 +327,7 @@ impl ImageProcessorConfig {
     }
 
     pub fn from_value(v: &Value, path: &Path, ctx: &str) -> Result<Self, ConfigError> {
-        if let Some(t) = v.get("image_processor_type").and_then(Value::as_str)
-            && !t.starts_with("MllamaImageProcessor")
-        {
-            return Err(invalid(path, format!("{ctx}image_processor_type {t:?} is not MllamaImageProcessor")));
-        }
+        check_processor_type(v, "MllamaImageProcessor", path, ctx)?;
         for key in ["do_resize", "do_pad"] {
             if field::<bool>(v, key, path, ctx)? == Some(false) {
                 return Err(invalid(path, format!("{ctx}{key}: MllamaImageProcessor does not support false")));
@@ -359,10 +357,7 @@ impl ImageProcessorConfig {
                 ));
             }
         };
-        let image_std = channels(v, "image_std", IMAGENET_STANDARD, path, ctx)?;
-        if image_std.contains(&0.0) {
-            return Err(invalid(path, format!("{ctx}image_std: a zero standard deviation")));
-        }
+        let image_std = image_std(v, IMAGENET_STANDARD, path, ctx)?;
         Ok(Self {
             tile_size,
             max_image_tiles,

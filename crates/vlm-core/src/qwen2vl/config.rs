@@ -18,7 +18,9 @@
 use std::path::{Path, PathBuf};
 
 pub use crate::config_json::{ConfigError, parse_ids, read_json};
-use crate::config_json::{Heads, channels, field, heads, image_processor_json, invalid, model_type, size};
+use crate::config_json::{
+    Heads, channels, check_processor_type, field, heads, image_processor_json, image_std, invalid, model_type, size,
+};
 use serde_json::Value;
 
 /// The Qwen2 text model (`Qwen2VLTextConfig`'s defaults for missing fields).
@@ -246,11 +248,7 @@ impl ImageProcessorConfig {
     }
 
     pub fn from_value(v: &Value, path: &Path, ctx: &str) -> Result<Self, ConfigError> {
-        if let Some(t) = v.get("image_processor_type").and_then(Value::as_str)
-            && !t.starts_with("Qwen2VLImageProcessor")
-        {
-            return Err(invalid(path, format!("{ctx}image_processor_type {t:?} is not Qwen2VLImageProcessor")));
-        }
+        check_processor_type(v, "Qwen2VLImageProcessor", path, ctx)?;
         // Pixel bounds: `min_pixels`/`max_pixels` (they win, as in transformers), else `size` as
         // {shortest_edge, longest_edge} (5.x) or {min_pixels, max_pixels} (4.x), else the defaults.
         let size_obj = v.get("size").filter(|s| s.is_object());
@@ -272,10 +270,7 @@ impl ImageProcessorConfig {
         if min_pixels > max_pixels || max_pixels == 0 {
             return Err(invalid(path, format!("{ctx}min_pixels {min_pixels} / max_pixels {max_pixels}: not a range")));
         }
-        let image_std = channels(v, "image_std", CLIP_STD, path, ctx)?;
-        if image_std.contains(&0.0) {
-            return Err(invalid(path, format!("{ctx}image_std: a zero standard deviation")));
-        }
+        let image_std = image_std(v, CLIP_STD, path, ctx)?;
         Ok(Self {
             min_pixels,
             max_pixels,
