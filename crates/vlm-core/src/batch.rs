@@ -1,12 +1,105 @@
 //! The batching every native backend's `generate` does: each request prepared alone (an item that
 //! cannot be prepared fails alone, with its own typed error), the prepared ones decoded together
 //! `max_batch` at a time, each row's tokens turned into its [`Generation`]; a batch that fails as
-//! a whole fails each of its members with the same error.
+//! a whole fails each of its members with the same error. [`GreedyBackend`]: that `generate`
+//! for a backend whose model is a [`GreedyModel`].
 
-use vlsbench_plugin_api::{BackendError, GenerateRequest, Generation};
+use vlsbench_plugin_api::{BackendError, ChatMessage, GenerateRequest, Generation};
 
-use crate::request::model_error;
+use crate::greedy::GreedyModel;
+use crate::request::{budget_in_context, greedy_budget, model_error};
 use crate::tokenizer::python_strip;
+
+/// The image type of a [`GreedyBackend`]'s model.
+pub type ImageOf<B> = <<B as GreedyBackend>::Model as GreedyModel>::Image;
+
+/// A backend that prepares each request alone into ids and images, then decodes the prompts
+/// greedily with a [`GreedyModel`], `MAX_BATCH` at a time, with the checkpoint's EOS ids and
+/// repetition penalty (candle-qwen2vl and candle-mllama).
+pub trait GreedyBackend {
+    type Model: GreedyModel;
+    /// The most requests decoded together.
+    const MAX_BATCH: usize;
+
+    /// A request's input ids and images, as the reference's processor makes them; an item that
+    /// cannot be prepared is a `bad_request` naming it.
+    fn prepare(&self, req: &GenerateRequest) -> Result<(Vec<u32>, Vec<ImageOf<Self>>), BackendError>;
+    fn model(&self) -> &Self::Model;
+    /// The checkpoint's chat template rendered for `messages` with the generation prompt
+    /// (`apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`).
+    fn rendered_prompt(&self, messages: &[ChatMessage]) -> Result<String, BackendError>;
+    /// The tokens that end an answer.
+    fn eos(&self) -> &[u32];
+    /// The repetition penalty decoding applies (1.0: none).
+    fn repetition_penalty(&self) -> f32;
+    /// The most positions a prompt and its answer may take (`max_position_embeddings`).
+    fn context_length(&self) -> usize;
+    /// The answer text for generated tokens (EOS not included), before Python's `strip`.
+    fn decode(&self, tokens: &[u32]) -> Result<String, BackendError>;
+
+    /// A request prepared for the decoder, with its budget of new tokens.
+    fn embed_request(
+        &self,
+        req: &GenerateRequest,
+    ) -> Result<(<Self::Model as GreedyModel>::Prompt, usize), BackendError> {
+        let max_new = greedy_budget(req)?;
+        let (ids, images) = self.prepare(req)?;
+        let budget = budget_in_context(req, max_new, ids.len(), self.context_length())?;
+        let refs: Vec<&ImageOf<Self>> = images.iter().collect();
+        let prompt = self.model().prompt(&ids, &refs).map_err(|e| model_error(&req.id, e))?;
+        Ok((prompt, budget))
+    }
+
+    /// Which requests a batch may hold together: those of equal keys (Mllama: the number of
+    /// images). By default any.
+    fn batch_key(&self, _req: &GenerateRequest) -> usize {
+        0
+    }
+
+    /// Greedy answers for several requests, in order: grouped by [`GreedyBackend::batch_key`],
+    /// each group decoded [`GreedyBackend::MAX_BATCH`] at a time.
+    fn generate_batch(&self, requests: &[GenerateRequest]) -> Vec<Result<Generation, BackendError>> {
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (k, r) in requests.iter().enumerate() {
+            let key = self.batch_key(r);
+            match groups.iter_mut().find(|(m, _)| *m == key) {
+                Some((_, members)) => members.push(k),
+                None => groups.push((key, vec![k])),
+            }
+        }
+        if groups.len() <= 1 {
+            return self.generate_group(requests);
+        }
+        let mut results: Vec<Option<Result<Generation, BackendError>>> = requests.iter().map(|_| None).collect();
+        for (_, members) in groups {
+            let group: Vec<GenerateRequest> = members.iter().map(|&k| requests[k].clone()).collect();
+            for (&k, r) in members.iter().zip(self.generate_group(&group)) {
+                results[k] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BackendError::model_failure("request left unanswered"))))
+            .collect()
+    }
+
+    /// Greedy answers for requests a batch may hold together, decoded
+    /// [`GreedyBackend::MAX_BATCH`] at a time ([`generate_in_batches`]).
+    fn generate_group(&self, requests: &[GenerateRequest]) -> Vec<Result<Generation, BackendError>> {
+        generate_in_batches(
+            requests,
+            Self::MAX_BATCH,
+            |req| self.embed_request(req),
+            |prompts, budgets| self.model().greedy_batch(&prompts, budgets, self.eos(), self.repetition_penalty()),
+            |req, tokens| finish_generation(&req.id, tokens, self.eos(), |t| self.decode(t)),
+        )
+    }
+
+    /// One request alone.
+    fn generate_one(&self, req: &GenerateRequest) -> Result<Generation, BackendError> {
+        single(self.generate_batch(std::slice::from_ref(req)))
+    }
+}
 
 /// Answers for `requests`, in order. `prepare` turns one request into the model's input and its
 /// budget of new tokens; `decode` runs up to `max_batch` inputs together and returns each row's

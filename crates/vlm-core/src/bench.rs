@@ -20,6 +20,9 @@ use std::time::Instant;
 use candle_core::DType;
 use vlsbench_plugin_api::{GenerateRequest, GenerationSettings, MessageLayout};
 
+use crate::batch::{GreedyBackend, ImageOf};
+use crate::greedy::GreedyModel;
+
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// A bench binary's command line.
@@ -98,6 +101,30 @@ impl BenchArgs {
             })
             .collect()
     }
+}
+
+/// [`measure`] for a [`GreedyBackend`] named `implementation`: `args`' requests (in `layout`)
+/// prepared once, then the timed part makes each prompt (the vision side and the embeddings) and
+/// decodes them all in one batch, without a repetition penalty (the Python side switches it off
+/// too, so both sides do the same work).
+pub fn measure_greedy<B: GreedyBackend>(
+    implementation: &str,
+    args: &BenchArgs,
+    backend: &B,
+    layout: &MessageLayout,
+) -> BenchResult<()> {
+    let prepared = args.requests(layout).iter().map(|r| backend.prepare(r)).collect::<Result<Vec<_>, _>>()?;
+    let prompt_tokens = prepared.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+    measure(implementation, args, prompt_tokens, |n| {
+        let mut prompts = Vec::with_capacity(prepared.len());
+        for (ids, imgs) in &prepared {
+            let refs: Vec<&ImageOf<B>> = imgs.iter().collect();
+            prompts.push(backend.model().prompt(ids, &refs)?);
+        }
+        let out = backend.model().greedy_batch(&prompts, &vec![n; prepared.len()], &[], 1.0)?;
+        assert!(out.iter().all(|o| o.len() == n));
+        Ok(())
+    })
 }
 
 /// This process's peak resident memory in MiB (VmHWM).

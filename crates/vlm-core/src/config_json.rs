@@ -1,7 +1,8 @@
 //! Reading a checkpoint's JSON configuration files the way every backend's `config.rs` reads them:
 //! [`read_json`], optional typed fields ([`field`], [`size`], [`channels`]), where the image processor is
-//! ([`image_processor_json`]), EOS ids ([`parse_ids`]), and the
-//! [`ConfigError`] they return, which always names the file.
+//! ([`image_processor_json`]), EOS ids ([`parse_ids`]), the `model_type` ([`model_type`]), a text
+//! model's attention heads ([`heads`]), and the [`ConfigError`] they return, which always names the
+//! file.
 
 use std::path::{Path, PathBuf};
 
@@ -67,6 +68,26 @@ pub fn channels(obj: &Value, key: &str, default: [f64; 3], path: &Path, ctx: &st
     }
 }
 
+/// `image_std`: [`channels`], none of them zero (normalising divides by it).
+pub fn image_std(obj: &Value, default: [f64; 3], path: &Path, ctx: &str) -> Result<[f64; 3], ConfigError> {
+    let std = channels(obj, "image_std", default, path, ctx)?;
+    if std.contains(&0.0) {
+        return Err(invalid(path, format!("{ctx}image_std: a zero standard deviation")));
+    }
+    Ok(std)
+}
+
+/// An image processor's `image_processor_type`, when it names one, must be `class` (or a
+/// subclass named after it: `...Fast`).
+pub fn check_processor_type(obj: &Value, class: &str, path: &Path, ctx: &str) -> Result<(), ConfigError> {
+    match obj.get("image_processor_type").and_then(Value::as_str) {
+        Some(t) if !t.starts_with(class) => {
+            Err(invalid(path, format!("{ctx}image_processor_type {t:?} is not {class}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A checkpoint's image processor settings as transformers finds them: nested under
 /// `image_processor` in `processor_config.json` (newest), else `preprocessor_config.json`. The
 /// value, the file it came from and the context for messages (`"image_processor."` when nested).
@@ -86,6 +107,44 @@ pub fn image_processor_json(dir: &Path) -> Result<(Value, PathBuf, &'static str)
         ));
     }
     Ok((read_json(&path)?, path, ""))
+}
+
+/// `model_type`, which must be one of `accepted`, (model type, vlsbench arch) pairs: its index
+/// there. `what` names the kind of config a file without one is not (`"a Qwen2-VL config"`).
+pub fn model_type(v: &Value, path: &Path, accepted: &[(&str, &str)], what: &str) -> Result<usize, ConfigError> {
+    match v.get("model_type").and_then(Value::as_str) {
+        Some(t) => accepted.iter().position(|(m, _)| *m == t).ok_or_else(|| {
+            let want: Vec<String> = accepted.iter().map(|(m, arch)| format!("{m:?} (arch {arch})")).collect();
+            invalid(path, format!("model_type is {t:?}, not {}", want.join(" or ")))
+        }),
+        None => Err(invalid(path, format!("no model_type: not {what}"))),
+    }
+}
+
+/// A text model's attention geometry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Heads {
+    pub hidden_size: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    /// `hidden_size / num_attention_heads`.
+    pub head_dim: usize,
+}
+
+/// `hidden_size`, `num_attention_heads` and `num_key_value_heads` of the object `v` (at `ctx`),
+/// each positive or its default (in that order in `defaults`); the heads must divide the hidden
+/// size and the key-value heads the heads.
+pub fn heads(v: &Value, path: &Path, ctx: &str, defaults: [usize; 3]) -> Result<Heads, ConfigError> {
+    let hidden_size = size(v, "hidden_size", defaults[0], path, ctx)?;
+    let num_attention_heads = size(v, "num_attention_heads", defaults[1], path, ctx)?;
+    if hidden_size % num_attention_heads != 0 {
+        return Err(invalid(path, format!("{ctx}hidden_size is not a multiple of num_attention_heads")));
+    }
+    let num_key_value_heads = size(v, "num_key_value_heads", defaults[2], path, ctx)?;
+    if num_attention_heads % num_key_value_heads != 0 {
+        return Err(invalid(path, format!("{ctx}num_attention_heads is not a multiple of num_key_value_heads")));
+    }
+    Ok(Heads { hidden_size, num_attention_heads, num_key_value_heads, head_dim: hidden_size / num_attention_heads })
 }
 
 /// `eos_token_id` (or any id field): one id or a list.
@@ -122,6 +181,45 @@ mod tests {
         assert_eq!(channels(&v, "three", [0.0; 3], p, "").unwrap(), [1.0, 2.0, 3.0]);
         assert_eq!(channels(&v, "none", [9.0; 3], p, "").unwrap(), [9.0; 3]);
         assert_eq!(channels(&v, "two", [0.0; 3], p, "x.").unwrap_err().to_string(), "p.json: x.two: expected 3 values");
+    }
+
+    #[test]
+    fn the_model_type_must_be_one_served() {
+        let p = Path::new("c.json");
+        let accepted = [("llava", "llava_hf"), ("llava_next", "llava_next")];
+        assert_eq!(model_type(&json!({"model_type": "llava_next"}), p, &accepted, "a LLaVA config").unwrap(), 1);
+        let e = model_type(&json!({"model_type": "mllama"}), p, &accepted, "a LLaVA config").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "c.json: model_type is \"mllama\", not \"llava\" (arch llava_hf) or \"llava_next\" (arch llava_next)"
+        );
+        let e = model_type(&json!({}), p, &accepted[..1], "a LLaVA config").unwrap_err();
+        assert_eq!(e.to_string(), "c.json: no model_type: not a LLaVA config");
+    }
+
+    #[test]
+    fn heads_must_divide_the_hidden_size_and_kv_heads_the_heads() {
+        let p = Path::new("c.json");
+        let h = heads(&json!({"hidden_size": 64, "num_attention_heads": 4}), p, "t.", [8, 2, 2]).unwrap();
+        assert_eq!(h, Heads { hidden_size: 64, num_attention_heads: 4, num_key_value_heads: 2, head_dim: 16 });
+        let e = heads(&json!({"hidden_size": 10, "num_attention_heads": 4}), p, "t.", [8, 2, 2]).unwrap_err();
+        assert_eq!(e.to_string(), "c.json: t.hidden_size is not a multiple of num_attention_heads");
+        let e = heads(&json!({"num_key_value_heads": 3}), p, "", [12, 4, 2]).unwrap_err();
+        assert_eq!(e.to_string(), "c.json: num_attention_heads is not a multiple of num_key_value_heads");
+        assert!(heads(&json!({"num_attention_heads": 0}), p, "", [8, 2, 2]).is_err());
+    }
+
+    #[test]
+    fn image_std_may_not_be_zero_and_the_processor_type_must_match() {
+        let p = Path::new("p.json");
+        assert_eq!(image_std(&json!({}), [0.5; 3], p, "").unwrap(), [0.5; 3]);
+        let e = image_std(&json!({"image_std": [1, 0, 1]}), [0.5; 3], p, "x.").unwrap_err().to_string();
+        assert_eq!(e, "p.json: x.image_std: a zero standard deviation");
+        let v = json!({"image_processor_type": "Qwen2VLImageProcessorFast"});
+        assert!(check_processor_type(&v, "Qwen2VLImageProcessor", p, "").is_ok());
+        assert!(check_processor_type(&json!({}), "Qwen2VLImageProcessor", p, "").is_ok());
+        let e = check_processor_type(&v, "MllamaImageProcessor", p, "").unwrap_err().to_string();
+        assert_eq!(e, "p.json: image_processor_type \"Qwen2VLImageProcessorFast\" is not MllamaImageProcessor");
     }
 
     #[test]

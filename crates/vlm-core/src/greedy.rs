@@ -1,6 +1,8 @@
 //! Batched greedy decoding, the loop every native backend runs after its prefill: the argmax of
 //! each row's logits, each row stopping at its first EOS (kept) or at its own budget of new
-//! tokens; the step function feeds the chosen tokens back through the model.
+//! tokens; the step function feeds the chosen tokens back through the model. [`GreedyModel`]: a
+//! model that makes prompts from ids and images and decodes them greedily, one or a left-padded
+//! batch at a time.
 
 use candle_core::{D, Tensor};
 
@@ -37,6 +39,55 @@ pub fn greedy_loop(
         logits = step(&next)?;
     }
     Ok(out)
+}
+
+/// A vision-language model that makes a prompt from its ids and images, then decodes prompts
+/// greedily, left-padded into one batch: the Qwen2-VL and Mllama models on candle.
+pub trait GreedyModel {
+    /// One image as the model's processor made it.
+    type Image;
+    /// One prompt ready for the decoder.
+    type Prompt;
+
+    /// A prompt from its ids and images.
+    fn prompt(&self, ids: &[u32], images: &[&Self::Image]) -> Result<Self::Prompt>;
+
+    /// The prefill's last logits (b, vocab, before any penalty) and each row's greedy tokens
+    /// (each row stopping after its `max_new_tokens`, or at the first of `eos`, which is kept),
+    /// with transformers' repetition penalty (1.0: none).
+    fn greedy_prompts(
+        &self,
+        prompts: &[Self::Prompt],
+        max_new_tokens: &[usize],
+        eos: &[u32],
+        repetition_penalty: f32,
+    ) -> Result<(Tensor, Vec<Vec<u32>>)>;
+
+    /// Greedy decoding of one prompt with no penalty: the first step's logits (vocab,) and the
+    /// tokens (stopping after `max_new_tokens`, or at the first of `eos`, which is kept).
+    fn greedy(
+        &self,
+        ids: &[u32],
+        images: &[&Self::Image],
+        max_new_tokens: usize,
+        eos: &[u32],
+    ) -> Result<(Tensor, Vec<u32>)> {
+        let prompt = self.prompt(ids, images)?;
+        let (first, mut tokens) = self.greedy_prompts(&[prompt], &[max_new_tokens], eos, 1.0)?;
+        Ok((first.squeeze(0)?, tokens.remove(0)))
+    }
+
+    /// Greedy decoding of several prompts left-padded into one batch, with transformers'
+    /// repetition penalty (1.0: none); each row's tokens.
+    fn greedy_batch(
+        &self,
+        prompts: &[Self::Prompt],
+        max_new_tokens: &[usize],
+        eos: &[u32],
+        repetition_penalty: f32,
+    ) -> Result<Vec<Vec<u32>>> {
+        Ok(self.greedy_prompts(prompts, max_new_tokens, eos, repetition_penalty)?.1)
+    }
 }
 
 #[cfg(test)]

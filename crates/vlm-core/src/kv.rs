@@ -113,6 +113,32 @@ pub fn padded_positions(pads: &[usize], start: usize, n: usize) -> Vec<u32> {
     positions
 }
 
+/// A left-padded batch of `b` rows must have one padding a row, and a prompt of `n` new positions
+/// (`start` 0) must fit the model's context of `max_positions`: its longest row, without padding.
+/// Only the prompt can be too long: each row's budget of new tokens fits its context, and a row
+/// that has finished keeps stepping (its tokens ignored) while the others go on (see
+/// [`held_positions`]).
+pub fn check_context(pads: &[usize], b: usize, start: usize, n: usize, max_positions: usize) -> crate::Result<()> {
+    if pads.len() != b {
+        return Err(crate::ModelError::Input(format!("{} pads for a batch of {b}", pads.len())));
+    }
+    let longest = start + n - pads.iter().copied().min().unwrap_or(0);
+    if start == 0 && longest > max_positions {
+        return Err(crate::ModelError::Input(format!(
+            "the sequence needs {longest} positions, more than the model's context of {max_positions} \
+             (max_position_embeddings)"
+        )));
+    }
+    Ok(())
+}
+
+/// [`padded_positions`], each held at the context's last position (`max_positions - 1`), so that a
+/// row that has finished but keeps stepping with the batch never reads past the context.
+pub fn held_positions(pads: &[usize], start: usize, n: usize, max_positions: usize) -> Vec<u32> {
+    let last = max_positions.saturating_sub(1) as u32;
+    padded_positions(pads, start, n).into_iter().map(|p| p.min(last)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +170,15 @@ mod tests {
         assert_eq!(m[1], vec![vec![0., inf, inf], vec![inf, 0., inf], vec![inf, inf, 0.]]);
         assert_eq!(padded_positions(&[0, 2], 0, 3), vec![0, 1, 2, 0, 0, 0]);
         assert_eq!(padded_positions(&[0, 2], 3, 1), vec![3, 1]);
+    }
+
+    #[test]
+    fn only_a_prompt_longer_than_the_context_is_refused_and_steps_are_held_at_its_end() {
+        assert!(check_context(&[2, 3], 2, 0, 6, 4).is_ok());
+        let e = check_context(&[1, 3], 2, 0, 6, 4).unwrap_err().to_string();
+        assert!(e.contains("needs 5 positions") && e.contains("context of 4"), "{e}");
+        assert!(check_context(&[0], 1, 9, 1, 4).is_ok());
+        assert!(check_context(&[0], 2, 0, 1, 4).unwrap_err().to_string().contains("1 pads for a batch of 2"));
+        assert_eq!(held_positions(&[0, 2], 3, 2, 4), vec![3, 3, 1, 2]);
     }
 }

@@ -3,7 +3,8 @@
 //! - [`request`]: a request's images and text, the manifest's checkpoint folder, `dtype`, `device`
 //!   and `[model.options]`, the devices a build serves, a request's greedy budget within the context.
 //! - [`config_json`]: reading a checkpoint's JSON configuration files (typed optional fields,
-//!   EOS ids, errors naming the file).
+//!   EOS ids, errors naming the file); [`checkpoint`]: the folder's chat template, tokenizer and
+//!   generation defaults, read the same way for every arch.
 //! - [`image`]: opening an image the way each reference loader does ([`image::ImageLoader`]:
 //!   alpha dropped, or composited onto white as `qwen_vl_utils` does), with a pixel limit; rescale
 //!   + normalise to channels-first f32.
@@ -20,13 +21,16 @@
 //!   math on the CPU (a threaded GEMV for decode steps, a panelled GEMM for prefill), activations,
 //!   image features spliced over a prompt's image tokens.
 //! - [`attention`]: f32 attention in blocks of query rows (bounded memory for large images) and
-//!   `repeat_kv` for grouped-query heads.
+//!   `repeat_kv` for grouped-query heads; [`layers`]: the decoder pieces the text models share
+//!   (RMSNorm, gated MLP, grouped-query self-attention with RoPE, the pre-norm layer).
 //! - [`kv`]: the KV cache written in place, left padding and its attention mask.
 //! - [`generation`]: `generation_config.json` (EOS ids, repetition penalty, unsupported logits
 //!   processors refused) and the repetition penalty over each row's seen ids.
-//! - [`greedy`]: the batched greedy loop (argmax, EOS, per-row budgets).
+//! - [`greedy`]: the batched greedy loop (argmax, EOS, per-row budgets); `GreedyModel`, a model
+//!   that makes prompts and decodes them greedily.
 //! - [`batch`]: a backend's `generate`: items prepared alone, decoded `max_batch` at a time,
-//!   answers finished (EOS left out, stripped as Python strips); `generate_one`'s single answer.
+//!   answers finished (EOS left out, stripped as Python strips); `generate_one`'s single answer;
+//!   `GreedyBackend`, all of it for a backend whose model is a `GreedyModel`.
 //! - [`bench`]: our side of `cargo xtask bench <family>` (command line and its dtype, timings, JSON
 //!   line).
 //! - [`parity_run`]: the goldens checked from a plain binary on any device and dtype (the
@@ -44,6 +48,7 @@
 pub mod attention;
 pub mod batch;
 pub mod bench;
+pub mod checkpoint;
 pub mod config_json;
 pub mod error;
 pub mod fsread;
@@ -52,6 +57,7 @@ pub mod greedy;
 pub mod image;
 pub mod kernels;
 pub mod kv;
+pub mod layers;
 pub mod llava;
 pub mod npy;
 pub mod parity_run;

@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde_json::Value;
-use vlsbench_plugin_api::{GenerateRequest, GenerationSettings, MessageLayout};
+use vlsbench_plugin_api::{Backend, GenerateRequest, GenerationSettings, MessageLayout};
+
+use crate::batch::{GreedyBackend, ImageOf};
+use crate::greedy::GreedyModel;
 
 /// The largest |Δlogit| an f32 run may show against the f32 goldens (as the CPU parity tests).
 pub const F32_TOLERANCE: f32 = 1e-4;
@@ -254,6 +257,24 @@ pub fn main_with(
     }
     println!("{}", summary.join("\n"));
     if summary.iter().all(|s| s.ends_with("PASS")) { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// [`main_with`] for a [`GreedyBackend`]: per golden case, the request through the backend's
+/// `prepare` (template, tokenizer, image processor), then 24 pure-argmax steps (no EOS stop) from
+/// the golden input ids, as the parity tests run them.
+pub fn greedy_main<B: Backend + GreedyBackend>(family: &str, checkpoints: &[ParityCheckpoint]) -> ExitCode {
+    main_with(family, checkpoints, |args, ck, dtype, report| {
+        let b = B::create(fixture_config(args, &ck, dtype))?;
+        let layout = B::describe().message_layout(ck.arch);
+        let g = golden(&args.fixtures, ck.name)?;
+        for case in cases(&g) {
+            let (_, images) = b.prepare(&case_request(&args.fixtures, case, &layout))?;
+            let refs: Vec<&ImageOf<B>> = images.iter().collect();
+            let (logits, tokens) = b.model().greedy(&ids(&case["input_ids"]), &refs, 24, &[])?;
+            report.record_case(case, &logits.to_vec1::<f32>()?, &tokens)?;
+        }
+        Ok(())
+    })
 }
 
 /// `parity_<family> bench ARGS`: runs the family's bench code (`bench_<family>` ARGS) so one

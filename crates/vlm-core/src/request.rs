@@ -1,13 +1,15 @@
 //! What a backend reads from a request and from the manifest's `[model]`: the images and the text
 //! of the chat messages, the checkpoint folder, `dtype` and `device` ([`checkpoint_dtype_device`]),
 //! a request's budget of new tokens ([`greedy_budget`], [`budget_in_context`]), and how a model
-//! error reaches the host. (`[model.options]` are read by each backend into its own serde type,
-//! `BackendConfig::options`.)
+//! error reaches the host; what `describe` says of a backend of one arch ([`one_arch_info`]).
+//! (`[model.options]` are read by each backend into its own serde type, `BackendConfig::options`.)
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use vlsbench_plugin_api::{BackendConfig, BackendError, ChatMessage, ContentPart, GenerateRequest};
+use vlsbench_plugin_api::{
+    BackendConfig, BackendError, BackendInfo, ChatMessage, ContentPart, GenerateRequest, MessageLayout,
+};
 
 use crate::ModelError;
 
@@ -60,6 +62,30 @@ pub fn devices() -> Vec<String> {
         devices.push("cuda".to_owned());
     }
     devices
+}
+
+/// What `describe` says of a backend that serves one `arch` from a checkpoint folder, in
+/// `layout`, `max_batch` requests at a time (not concurrently), on [`devices`].
+pub fn one_arch_info(
+    name: &str,
+    version: &str,
+    description: &str,
+    arch: &str,
+    max_batch: usize,
+    layout: MessageLayout,
+) -> BackendInfo {
+    BackendInfo {
+        name: name.into(),
+        version: version.into(),
+        description: description.into(),
+        archs: vec![arch.into()],
+        max_batch: max_batch as u32,
+        concurrent: false,
+        devices: devices(),
+        checkpoint_is_path: true,
+        path_options: vec![],
+        message_layouts: [(arch.to_owned(), layout)].into(),
+    }
 }
 
 /// The manifest's `[model]` as a native backend loads it: the checkpoint folder (a relative path is

@@ -258,6 +258,30 @@ pub fn pick_prefix<'a>(vb: &VarBuilder, candidates: &[&'a str], probe: &str) -> 
     candidates.iter().copied().find(|p| vb.contains_tensor(&format!("{p}{probe}")))
 }
 
+/// [`pick_prefix`], or a load error naming the folder, the part whose weights are missing
+/// (`what`) and the weight looked for (`example`).
+pub fn require_prefix<'a>(
+    vb: &VarBuilder,
+    dir: &Path,
+    candidates: &[&'a str],
+    probe: &str,
+    what: &str,
+    example: &str,
+) -> Result<&'a str> {
+    pick_prefix(vb, candidates, probe)
+        .ok_or_else(|| ModelError::Load(format!("{}: no {what} weights ({example})", dir.display())))
+}
+
+/// `vb` under a prefix [`pick_prefix`] found (its trailing dot dropped).
+pub fn under<'a>(vb: &VarBuilder<'a>, prefix: &str) -> VarBuilder<'a> {
+    vb.pp(prefix.trim_end_matches('.'))
+}
+
+/// A load error naming the folder and the part that failed to load.
+pub fn load_error(dir: &Path, part: &str, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Load(format!("{}: {part}: {e}", dir.display()))
+}
+
 /// An error naming the weight when `vb` lacks `name` (candle's own message does not say which).
 pub fn need(vb: &VarBuilder, name: &str) -> Result<()> {
     if vb.contains_tensor(name) {

@@ -19,6 +19,7 @@ use crate::conversation::{self, PromptToken};
 use crate::model::{Llava, PixelInput};
 use crate::original::{self, OriginalCheckpoint};
 use vlm_core::batch::{finish_generation, generate_in_batches, single};
+use vlm_core::checkpoint::require_dir;
 use vlm_core::request::{checkpoint_dtype_device, devices, greedy_budget, image_paths, model_error, question};
 use vlm_core::sentencepiece::SlowLlamaTokenizer;
 use vlm_core::template::ChatTemplate;
@@ -80,9 +81,7 @@ impl CandleLlava {
 
     /// Loads a checkpoint, checking first that its `model_type` is served as `arch` when given.
     pub fn load_as(dir: &Path, arch: Option<&str>, dtype: DType, device: &Device) -> Result<Self, BackendError> {
-        if !dir.is_dir() {
-            return Err(BackendError::bad_config(format!("checkpoint {} is not a directory", dir.display())));
-        }
+        require_dir(dir)?;
         let bad = |e: &dyn std::fmt::Display| BackendError::bad_config(e.to_string());
         let cfg = ModelConfig::from_dir(dir).map_err(|e| bad(&e))?;
         let model_type = cfg.model_type;
@@ -136,9 +135,7 @@ impl CandleLlava {
         dtype: DType,
         device: &Device,
     ) -> Result<Self, BackendError> {
-        if !dir.is_dir() {
-            return Err(BackendError::bad_config(format!("checkpoint {} is not a directory", dir.display())));
-        }
+        require_dir(dir)?;
         let bad = |e: &dyn std::fmt::Display| BackendError::bad_config(e.to_string());
         let checkpoint = OriginalCheckpoint::from_dir(dir, vision_tower).map_err(|e| bad(&e))?;
         let tok_path = dir.join("tokenizer.model");

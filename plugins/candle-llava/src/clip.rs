@@ -9,6 +9,7 @@ use candle_core::{DType, Module, Tensor};
 use candle_nn::{Conv2dConfig, LayerNorm, Linear, VarBuilder};
 use vlm_core::Result;
 use vlm_core::kernels::{act, dense};
+use vlm_core::layers::layer_norm;
 use vlm_core::precision::{compute, linear};
 use vlm_core::weights::need;
 
@@ -65,9 +66,9 @@ struct ClipLayer {
 impl ClipLayer {
     fn load(vb: VarBuilder, c: &VisionConfig) -> Result<Self> {
         Ok(Self {
-            ln1: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, compute(&vb.pp("layer_norm1")))?,
+            ln1: layer_norm(vb.pp("layer_norm1"), c.hidden_size, c.layer_norm_eps)?,
             attn: ClipAttention::load(vb.pp("self_attn"), c)?,
-            ln2: candle_nn::layer_norm(c.hidden_size, c.layer_norm_eps, compute(&vb.pp("layer_norm2")))?,
+            ln2: layer_norm(vb.pp("layer_norm2"), c.hidden_size, c.layer_norm_eps)?,
             fc1: linear(vb.pp("mlp.fc1"), c.hidden_size, c.intermediate_size, true)?,
             fc2: linear(vb.pp("mlp.fc2"), c.intermediate_size, c.hidden_size, true)?,
             act: c.hidden_act.clone(),

@@ -5,57 +5,25 @@
 //! Our own rather than candle-transformers' llama: that one derives head_dim from hidden/heads,
 //! has no attention or MLP bias, and panics on a missing weight.
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
 use vlm_core::attention::repeat_kv;
-use vlm_core::kernels::dense;
-use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask, padded_positions};
-use vlm_core::precision::{compute, linear};
+use vlm_core::kv::{Cache, KvBuffer, check_context, held_positions, padded_causal_mask};
+use vlm_core::layers::{self, DecoderShape, GatedMlp, Rope, SelfAttention, default_inv_freq, last_logits, rms_norm};
 use vlm_core::weights::need;
 use vlm_core::{ModelError, Result};
 
 use crate::config::TextConfig;
 
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-}
+/// Llama's self-attention: [`SelfAttention`]'s projections and RoPE, then the scores in one f32
+/// product, with no mask for one decode step.
+struct Attention(SelfAttention);
 
 impl Attention {
-    fn load(vb: VarBuilder, c: &TextConfig) -> Result<Self> {
-        let (h, hd) = (c.hidden_size, c.head_dim);
-        Ok(Self {
-            q: linear(vb.pp("q_proj"), h, c.num_attention_heads * hd, c.attention_bias)?,
-            k: linear(vb.pp("k_proj"), h, c.num_key_value_heads * hd, c.attention_bias)?,
-            v: linear(vb.pp("v_proj"), h, c.num_key_value_heads * hd, c.attention_bias)?,
-            o: linear(vb.pp("o_proj"), c.num_attention_heads * hd, h, c.attention_bias)?,
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim: hd,
-        })
-    }
-
-    fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-        kv: &mut KvBuffer,
-    ) -> candle_core::Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        let q = dense(&self.q, x)?.reshape((b, n, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
-        let k = dense(&self.k, x)?.reshape((b, n, self.kv_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
-        let v = dense(&self.v, x)?.reshape((b, n, self.kv_heads, self.head_dim))?.transpose(1, 2)?.contiguous()?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let (k, v) = kv.append(&k, &v)?;
-        let rep = self.heads / self.kv_heads;
+    fn forward(&self, x: &Tensor, rope: Rope, mask: Option<&Tensor>, kv: &mut KvBuffer) -> candle_core::Result<Tensor> {
+        let (q, k, v) = self.0.qkv(x, rope, kv)?;
+        let (heads, kv_heads, head_dim) = self.0.heads();
+        let rep = heads / kv_heads;
         let (k, v) = if rep == 1 {
             // Views into the cache's buffers: the products read them in place.
             (k, v)
@@ -64,14 +32,13 @@ impl Attention {
         };
         let in_dtype = q.dtype();
         let (q, k, v) = (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
-        let mut att = (q.matmul(&k.t()?)? * (self.head_dim as f64).powf(-0.5))?;
+        let mut att = (q.matmul(&k.t()?)? * (head_dim as f64).powf(-0.5))?;
         if let Some(m) = mask {
             att = att.broadcast_add(m)?;
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let y = att.matmul(&v)?.to_dtype(in_dtype)?;
-        let y = y.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim))?;
-        dense(&self.o, &y)
+        self.0.out(&y)
     }
 }
 
@@ -79,37 +46,30 @@ struct DecoderLayer {
     ln1: RmsNorm,
     attn: Attention,
     ln2: RmsNorm,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    mlp: GatedMlp,
 }
 
 impl DecoderLayer {
     fn load(vb: VarBuilder, c: &TextConfig) -> Result<Self> {
-        let (h, i) = (c.hidden_size, c.intermediate_size);
-        need(&vb, "input_layernorm.weight")?;
+        let heads = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let shape = DecoderShape {
+            qkv_bias: c.attention_bias,
+            o_bias: c.attention_bias,
+            mlp_bias: c.mlp_bias,
+            ..DecoderShape::new(c.hidden_size, c.intermediate_size, heads, c.rms_norm_eps, &c.hidden_act)
+        };
+        let (h, eps) = (c.hidden_size, c.rms_norm_eps);
         Ok(Self {
-            ln1: candle_nn::rms_norm(h, c.rms_norm_eps, compute(&vb.pp("input_layernorm")))?,
-            attn: Attention::load(vb.pp("self_attn"), c)?,
-            ln2: candle_nn::rms_norm(h, c.rms_norm_eps, compute(&vb.pp("post_attention_layernorm")))?,
-            gate: linear(vb.pp("mlp.gate_proj"), h, i, c.mlp_bias)?,
-            up: linear(vb.pp("mlp.up_proj"), h, i, c.mlp_bias)?,
-            down: linear(vb.pp("mlp.down_proj"), i, h, c.mlp_bias)?,
+            ln1: rms_norm(vb.pp("input_layernorm"), h, eps)?,
+            attn: Attention(SelfAttention::load(vb.pp("self_attn"), &shape)?),
+            ln2: rms_norm(vb.pp("post_attention_layernorm"), h, eps)?,
+            mlp: GatedMlp::load(vb.pp("mlp"), &shape)?,
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-        kv: &mut KvBuffer,
-    ) -> candle_core::Result<Tensor> {
-        let h = (x + self.attn.forward(&self.ln1.forward(x)?, cos, sin, mask, kv)?)?;
-        let n = self.ln2.forward(&h)?;
-        let m = dense(&self.down, &(candle_nn::ops::silu(&dense(&self.gate, &n)?)? * dense(&self.up, &n)?)?)?;
-        h + m
+    fn forward(&self, x: &Tensor, rope: Rope, mask: Option<&Tensor>, kv: &mut KvBuffer) -> candle_core::Result<Tensor> {
+        let h = (x + self.attn.forward(&self.ln1.forward(x)?, rope, mask, kv)?)?;
+        &h + self.mlp.forward(&self.ln2.forward(&h)?)?
     }
 }
 
@@ -134,18 +94,11 @@ impl LlamaModel {
         let layers = (0..c.num_hidden_layers)
             .map(|i| DecoderLayer::load(model.pp(format!("layers.{i}")), c))
             .collect::<Result<_>>()?;
-        let norm = candle_nn::rms_norm(c.hidden_size, c.rms_norm_eps, compute(&model.pp("norm")))?;
-        let lm_head = if lm_head.contains_tensor("weight") {
-            linear(lm_head, c.hidden_size, c.vocab_size, false)?
-        } else if c.tie_word_embeddings {
-            Linear::new(embed.embeddings().clone(), None)
-        } else {
-            return Err(ModelError::Load("missing weight lm_head.weight".into()));
-        };
+        let norm = rms_norm(model.pp("norm"), c.hidden_size, c.rms_norm_eps)?;
+        let lm_head = layers::lm_head(lm_head, embed.embeddings(), c.hidden_size, c.vocab_size, c.tie_word_embeddings)?;
         // RoPE tables as transformers computes them: inv_freq in f32, position * inv_freq in f32.
         let hd = c.head_dim;
-        let inv: Vec<f32> =
-            (0..hd).step_by(2).map(|i| 1.0 / (c.rope_theta as f32).powf(i as f32 / hd as f32)).collect();
+        let inv = default_inv_freq(c.rope_theta, hd);
         let n = c.max_position_embeddings;
         let mut freqs = Vec::with_capacity(n * inv.len());
         for p in 0..n {
@@ -193,11 +146,10 @@ impl LlamaModel {
         };
         let mut x = embeds.clone();
         for (layer, kv) in self.layers.iter().zip(cache.kvs.iter_mut()) {
-            x = layer.forward(&x, &cos, &sin, mask.as_ref(), kv)?;
+            x = layer.forward(&x, (&cos, &sin), mask.as_ref(), kv)?;
         }
         cache.len += n;
-        let last = self.norm.forward(&x.i((.., n - 1..n, ..))?)?;
-        Ok(dense(&self.lm_head, &last)?.flatten_all()?.to_dtype(DType::F32)?)
+        Ok(last_logits(&self.norm, &self.lm_head, &x)?.flatten_all()?)
     }
 
     /// Runs a left-padded batch `embeds` (b, n, hidden) after what the cache holds. Row `r` has
@@ -206,24 +158,10 @@ impl LlamaModel {
     /// (`position_ids = cumsum(attention_mask) - 1`). Returns each row's last logits, (b, vocab), f32.
     pub fn forward_batch(&self, embeds: &Tensor, pads: &[usize], cache: &mut Cache) -> Result<Tensor> {
         let (b, n, _) = embeds.dims3()?;
-        if pads.len() != b {
-            return Err(ModelError::Input(format!("{} pads for a batch of {b}", pads.len())));
-        }
         let start = cache.len;
-        let total = start + n;
-        let longest = total - pads.iter().copied().min().unwrap_or(0);
-        // Only the prompt can be too long: each row's budget of new tokens fits its context, and a
-        // row that has finished keeps stepping (its tokens ignored) while the others go on, so its
-        // positions are held at the last one instead of failing the whole batch.
-        if start == 0 && longest > self.max_positions {
-            return Err(ModelError::Input(format!(
-                "the sequence needs {longest} positions, more than the model's {} (max_position_embeddings)",
-                self.max_positions
-            )));
-        }
+        check_context(pads, b, start, n, self.max_positions)?;
         let dev = embeds.device();
-        let last = self.max_positions.saturating_sub(1) as u32;
-        let positions: Vec<u32> = padded_positions(pads, start, n).into_iter().map(|p| p.min(last)).collect();
+        let positions = held_positions(pads, start, n, self.max_positions);
         let pos = Tensor::from_vec(positions, b * n, dev)?;
         let half = self.cos.dim(1)?;
         let cos = self.cos.index_select(&pos, 0)?.reshape((b, n, half))?;
@@ -231,10 +169,9 @@ impl LlamaModel {
         let mask = padded_causal_mask(pads, start, n, DType::F32, dev)?;
         let mut x = embeds.clone();
         for (layer, kv) in self.layers.iter().zip(cache.kvs.iter_mut()) {
-            x = layer.forward(&x, &cos, &sin, Some(&mask), kv)?;
+            x = layer.forward(&x, (&cos, &sin), Some(&mask), kv)?;
         }
         cache.len += n;
-        let last = self.norm.forward(&x.i((.., n - 1..n, ..))?)?;
-        Ok(dense(&self.lm_head, &last)?.squeeze(1)?.to_dtype(DType::F32)?)
+        Ok(last_logits(&self.norm, &self.lm_head, &x)?)
     }
 }

@@ -12,7 +12,7 @@ use vlm_core::greedy::greedy_loop;
 use vlm_core::kernels::{act, dense, splice_image_features};
 use vlm_core::kv::left_pad;
 use vlm_core::precision::{compute, compute_dtype, linear};
-use vlm_core::weights::{pick_prefix, var_builder};
+use vlm_core::weights::{load_error, pick_prefix, require_prefix, under, var_builder};
 pub use vlm_core::{ModelError, Result};
 
 use crate::anyres::{self, AnyresError, PackGeometry, Size};
@@ -63,24 +63,31 @@ pub struct Llava {
 impl Llava {
     pub fn load(dir: &Path, config: LlavaConfig, dtype: DType, device: &Device) -> Result<Self> {
         let vb = var_builder(dir, dtype, device)?;
-        let vis = pick_prefix(
+        let vis = require_prefix(
             &vb,
+            dir,
             &["vision_tower.vision_model.", "vision_tower.", "model.vision_tower.vision_model.", "model.vision_tower."],
             "embeddings.class_embedding",
-        )
-        .ok_or_else(|| ModelError::Load(format!("{}: no vision tower weights (vision_tower.*)", dir.display())))?;
-        let txt = pick_prefix(
+            "vision tower",
+            "vision_tower.*",
+        )?;
+        let txt = require_prefix(
             &vb,
+            dir,
             &["language_model.model.", "model.language_model.", "language_model."],
             "embed_tokens.weight",
-        )
-        .ok_or_else(|| ModelError::Load(format!("{}: no text model weights (language_model.*)", dir.display())))?;
+            "text model",
+            "language_model.*",
+        )?;
         let head = pick_prefix(&vb, &["language_model.lm_head.", "lm_head."], "weight").unwrap_or("lm_head.");
-        let proj = pick_prefix(&vb, &["multi_modal_projector.", "model.multi_modal_projector."], "linear_1.weight")
-            .ok_or_else(|| {
-                ModelError::Load(format!("{}: no projector weights (multi_modal_projector.*)", dir.display()))
-            })?;
-        let strip = |p: &str| p.trim_end_matches('.').to_owned();
+        let proj = require_prefix(
+            &vb,
+            dir,
+            &["multi_modal_projector.", "model.multi_modal_projector."],
+            "linear_1.weight",
+            "projector",
+            "multi_modal_projector.*",
+        )?;
 
         // Only the layers up to the deepest selected hidden state are ever run.
         let n_hidden = config.vision.num_hidden_layers as i64 + 1;
@@ -90,19 +97,17 @@ impl Llava {
             .map(|&l| if l < 0 { n_hidden + l } else { l })
             .max()
             .unwrap_or(n_hidden - 1) as usize;
-        let vision = ClipVisionTower::load(vb.pp(strip(vis)), &config.vision, deepest)
-            .map_err(|e| ModelError::Load(format!("{}: vision tower: {e}", dir.display())))?;
+        let vision = ClipVisionTower::load(under(&vb, vis), &config.vision, deepest)
+            .map_err(|e| load_error(dir, "vision tower", e))?;
         let feat_in = config.vision.hidden_size * config.vision_feature_layers.len();
         let th = config.text.hidden_size;
         let bias = config.multimodal_projector_bias;
-        let pvb = vb.pp(strip(proj));
-        let proj1 = linear(pvb.pp("linear_1"), feat_in, th, bias)
-            .map_err(|e| ModelError::Load(format!("{}: projector: {e}", dir.display())))?;
-        let proj2 = linear(pvb.pp("linear_2"), th, th, bias)
-            .map_err(|e| ModelError::Load(format!("{}: projector: {e}", dir.display())))?;
+        let pvb = under(&vb, proj);
+        let proj1 = linear(pvb.pp("linear_1"), feat_in, th, bias).map_err(|e| load_error(dir, "projector", e))?;
+        let proj2 = linear(pvb.pp("linear_2"), th, th, bias).map_err(|e| load_error(dir, "projector", e))?;
         let text =
-            LlamaModel::load(vb.pp(strip(txt)), vb.pp(strip(head)), &config.text, compute_dtype(dtype, device), device)
-                .map_err(|e| ModelError::Load(format!("{}: text model: {e}", dir.display())))?;
+            LlamaModel::load(under(&vb, txt), under(&vb, head), &config.text, compute_dtype(dtype, device), device)
+                .map_err(|e| load_error(dir, "text model", e))?;
         Ok(Self { config, vision, proj1, proj2, anyres: None, text, device: device.clone(), dtype })
     }
 
@@ -114,23 +119,26 @@ impl Llava {
         let dir = &ck.dir;
         let vb = var_builder(dir, dtype, device)?;
         let clip = var_builder(&ck.vision_dir, dtype, device)?;
-        let vis =
-            pick_prefix(&clip, &["vision_model.", "vision_tower.vision_model.", ""], "embeddings.class_embedding")
-                .ok_or_else(|| {
-                    ModelError::Load(format!("{}: no CLIP vision weights (vision_model.*)", ck.vision_dir.display()))
-                })?;
+        let vis = require_prefix(
+            &clip,
+            &ck.vision_dir,
+            &["vision_model.", "vision_tower.vision_model.", ""],
+            "embeddings.class_embedding",
+            "CLIP vision",
+            "vision_model.*",
+        )?;
         let deepest = config.deepest_vision_layer();
-        let vision = ClipVisionTower::load(clip.pp(vis.trim_end_matches('.')), &config.vision, deepest)
-            .map_err(|e| ModelError::Load(format!("{}: vision tower: {e}", ck.vision_dir.display())))?;
+        let vision = ClipVisionTower::load(under(&clip, vis), &config.vision, deepest)
+            .map_err(|e| load_error(&ck.vision_dir, "vision tower", e))?;
         let (vh, th) = (config.vision.hidden_size, config.text.hidden_size);
         let proj = |i: usize, fan_in: usize| {
             linear(vb.pp(format!("model.mm_projector.{i}")), fan_in, th, true)
-                .map_err(|e| ModelError::Load(format!("{}: projector: {e}", dir.display())))
+                .map_err(|e| load_error(dir, "projector", e))
         };
         let (proj1, proj2) = (proj(0, vh)?, proj(2, th)?);
         let text =
             LlamaModel::load(vb.pp("model"), vb.pp("lm_head"), &config.text, compute_dtype(dtype, device), device)
-                .map_err(|e| ModelError::Load(format!("{}: text model: {e}", dir.display())))?;
+                .map_err(|e| load_error(dir, "text model", e))?;
         Ok(Self { config, vision, proj1, proj2, anyres: None, text, device: device.clone(), dtype })
     }
 
@@ -151,7 +159,7 @@ impl Llava {
             .ok_or_else(|| ModelError::Load(format!("{}: missing weight image_newline (LLaVA-NeXT)", dir.display())))?;
         let image_newline = compute(&vb)
             .get(hidden, &format!("{prefix}image_newline"))
-            .map_err(|e| ModelError::Load(format!("{}: image_newline: {e}", dir.display())))?;
+            .map_err(|e| load_error(dir, "image_newline", e))?;
         model.anyres = Some(AnyresHead { pinpoints, image_newline });
         Ok(model)
     }

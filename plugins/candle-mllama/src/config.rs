@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 pub use vlm_core::config_json::{ConfigError, parse_ids, read_json};
-use vlm_core::config_json::{channels, field, image_processor_json, invalid, size};
+use vlm_core::config_json::{
+    Heads, channels, check_processor_type, field, heads, image_processor_json, image_std, invalid, model_type, size,
+};
 use vlm_core::resize::Filter;
 
 /// Rotary position embedding: the default one, or Llama 3's frequency-dependent scaling.
@@ -45,8 +47,7 @@ impl Rope {
         };
         // `base ** (arange(0, dim, 2).float() / dim)`: the exponent in f32, the power of a Python
         // float by an f32 tensor computed in f32.
-        let base: Vec<f32> =
-            (0..head_dim).step_by(2).map(|i| 1.0 / (theta as f32).powf(i as f32 / head_dim as f32)).collect();
+        let base = vlm_core::layers::default_inv_freq(theta, head_dim);
         let Rope::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings, .. } = self
         else {
             return base;
@@ -136,11 +137,7 @@ impl MllamaConfig {
     }
 
     pub fn from_value(v: &Value, path: &Path) -> Result<Self, ConfigError> {
-        match v.get("model_type").and_then(Value::as_str) {
-            Some("mllama") => {}
-            Some(other) => return Err(invalid(path, format!("model_type is {other:?}, not \"mllama\" (arch mllama)"))),
-            None => return Err(invalid(path, "no model_type: not an Mllama config")),
-        }
+        model_type(v, path, &[("mllama", "mllama")], "an Mllama config")?;
         let empty = Value::Object(Default::default());
         let sub = |key: &str| -> Result<&Value, ConfigError> {
             match v.get(key) {
@@ -162,16 +159,7 @@ impl MllamaConfig {
 
 fn text_config(v: &Value, path: &Path) -> Result<TextConfig, ConfigError> {
     let ctx = "text_config.";
-    let hidden_size = size(v, "hidden_size", 4096, path, ctx)?;
-    let num_attention_heads = size(v, "num_attention_heads", 32, path, ctx)?;
-    if hidden_size % num_attention_heads != 0 {
-        return Err(invalid(path, format!("{ctx}hidden_size is not a multiple of num_attention_heads")));
-    }
-    let num_key_value_heads = size(v, "num_key_value_heads", 8, path, ctx)?;
-    if num_attention_heads % num_key_value_heads != 0 {
-        return Err(invalid(path, format!("{ctx}num_attention_heads is not a multiple of num_key_value_heads")));
-    }
-    let head_dim = hidden_size / num_attention_heads;
+    let Heads { hidden_size, num_attention_heads, num_key_value_heads, head_dim } = heads(v, path, ctx, [4096, 32, 8])?;
     if head_dim % 2 != 0 {
         return Err(invalid(path, format!("{ctx}hidden_size / num_attention_heads must be even")));
     }
@@ -339,11 +327,7 @@ impl ImageProcessorConfig {
     }
 
     pub fn from_value(v: &Value, path: &Path, ctx: &str) -> Result<Self, ConfigError> {
-        if let Some(t) = v.get("image_processor_type").and_then(Value::as_str)
-            && !t.starts_with("MllamaImageProcessor")
-        {
-            return Err(invalid(path, format!("{ctx}image_processor_type {t:?} is not MllamaImageProcessor")));
-        }
+        check_processor_type(v, "MllamaImageProcessor", path, ctx)?;
         for key in ["do_resize", "do_pad"] {
             if field::<bool>(v, key, path, ctx)? == Some(false) {
                 return Err(invalid(path, format!("{ctx}{key}: MllamaImageProcessor does not support false")));
@@ -373,10 +357,7 @@ impl ImageProcessorConfig {
                 ));
             }
         };
-        let image_std = channels(v, "image_std", IMAGENET_STANDARD, path, ctx)?;
-        if image_std.contains(&0.0) {
-            return Err(invalid(path, format!("{ctx}image_std: a zero standard deviation")));
-        }
+        let image_std = image_std(v, IMAGENET_STANDARD, path, ctx)?;
         Ok(Self {
             tile_size,
             max_image_tiles,

@@ -2,7 +2,7 @@
 //! projector into cross-attention states, the prompt's tokens embedded as they are (the
 //! `<|image|>` token is an ordinary token of the 128,264-row embedding), the cross-attention
 //! mask from the `<|image|>` positions, then the text model; greedy decoding one prompt at a time
-//! ([`Mllama::greedy`], for tests) or a left-padded batch ([`Mllama::greedy_batch`]). A decode
+//! ([`GreedyModel::greedy`], for tests) or a left-padded batch ([`GreedyModel::greedy_batch`]). A decode
 //! step's tokens see what the prompt's last token saw (`_update_model_kwargs_for_generation`
 //! repeats the mask's last row).
 //!
@@ -14,10 +14,10 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use vlm_core::generation::RepetitionPenalty;
-use vlm_core::greedy::greedy_loop;
+use vlm_core::greedy::{GreedyModel, greedy_loop};
 use vlm_core::kv::left_pad;
 use vlm_core::precision::compute_dtype;
-use vlm_core::weights::{pick_prefix, var_builder};
+use vlm_core::weights::{load_error, require_prefix, under, var_builder};
 use vlm_core::{ModelError, Result};
 
 use crate::config::MllamaConfig;
@@ -49,31 +49,31 @@ pub struct Mllama {
 impl Mllama {
     pub fn load(dir: &Path, config: MllamaConfig, dtype: DType, device: &Device) -> Result<Self> {
         let vb = var_builder(dir, dtype, device)?;
-        let at = |e: ModelError, what: &str| ModelError::Load(format!("{}: {what}: {e}", dir.display()));
-        let txt = pick_prefix(&vb, &["model.language_model.", "language_model.model."], "embed_tokens.weight")
-            .ok_or_else(|| {
-                ModelError::Load(format!(
-                    "{}: no text model weights (language_model.model.embed_tokens.weight)",
-                    dir.display()
-                ))
-            })?;
-        let vis =
-            pick_prefix(&vb, &["model.vision_model.", "vision_model."], "patch_embedding.weight").ok_or_else(|| {
-                ModelError::Load(format!(
-                    "{}: no vision model weights (vision_model.patch_embedding.weight)",
-                    dir.display()
-                ))
-            })?;
+        let txt = require_prefix(
+            &vb,
+            dir,
+            &["model.language_model.", "language_model.model."],
+            "embed_tokens.weight",
+            "text model",
+            "language_model.model.embed_tokens.weight",
+        )?;
+        let vis = require_prefix(
+            &vb,
+            dir,
+            &["model.vision_model.", "vision_model."],
+            "patch_embedding.weight",
+            "vision model",
+            "vision_model.patch_embedding.weight",
+        )?;
         let (proj, head) = if txt.starts_with("model.") {
             ("model.multi_modal_projector", "lm_head")
         } else {
             ("multi_modal_projector", "language_model.lm_head")
         };
-        let strip = |p: &str| p.trim_end_matches('.').to_owned();
-        let vision = VisionEncoder::load(vb.pp(strip(vis)), vb.pp(proj), &config.vision, config.text.hidden_size)
-            .map_err(|e| at(e, "vision model"))?;
-        let text = TextModel::load(vb.pp(strip(txt)), vb.pp(head), &config.text, compute_dtype(dtype, device))
-            .map_err(|e| at(e, "text model"))?;
+        let vision = VisionEncoder::load(under(&vb, vis), vb.pp(proj), &config.vision, config.text.hidden_size)
+            .map_err(|e| load_error(dir, "vision model", e))?;
+        let text = TextModel::load(under(&vb, txt), vb.pp(head), &config.text, compute_dtype(dtype, device))
+            .map_err(|e| load_error(dir, "text model", e))?;
         Ok(Self { config, vision, text, device: device.clone(), dtype })
     }
 
@@ -84,23 +84,6 @@ impl Mllama {
         }
         let states = images.iter().map(|i| self.vision.cross_states(i, &self.device)).collect::<Result<Vec<_>>>()?;
         Ok(Some(Tensor::cat(&states, 0)?))
-    }
-
-    /// A prompt's cross-attention states and mask from its ids and images.
-    pub fn prompt(&self, ids: &[u32], images: &[&ProcessedImage]) -> Result<Prompt> {
-        let image_id = self.config.image_token_id;
-        let n_tokens = ids.iter().filter(|&&t| t == image_id).count();
-        if n_tokens != images.len() {
-            return Err(ModelError::Input(format!(
-                "the prompt has {n_tokens} <|image|> tokens for {} images",
-                images.len()
-            )));
-        }
-        let ranges = cross_attention_token_mask(ids, image_id);
-        let tiles: Vec<usize> = images.iter().map(|i| i.num_tiles()).collect();
-        let cross_mask = dense_cross_attention_mask(&ranges, &tiles, self.config.vision.max_num_tiles, ids.len());
-        let cross_states = self.cross_states(images)?;
-        Ok(Prompt { ids: ids.to_vec(), cross_states, cross_mask, n_images: images.len() })
     }
 
     /// The additive cross-attention mask (b, 1, n, K) and the full-text-row mask (b, n, 1) for
@@ -131,37 +114,34 @@ impl Mllama {
         }
         Ok((Tensor::from_vec(mask, (b, 1, n, k), &self.device)?, Tensor::from_vec(full, (b, n, 1), &self.device)?))
     }
+}
 
-    /// Greedy decoding of one prompt: the first step's logits (vocab,) and the tokens (stopping
-    /// after `max_new_tokens`, or at the first of `eos`, which is kept).
-    pub fn greedy(
-        &self,
-        ids: &[u32],
-        images: &[&ProcessedImage],
-        max_new_tokens: usize,
-        eos: &[u32],
-    ) -> Result<(Tensor, Vec<u32>)> {
-        let prompt = self.prompt(ids, images)?;
-        let (first, mut tokens) = self.greedy_prompts(&[prompt], &[max_new_tokens], eos, 1.0)?;
-        Ok((first.squeeze(0)?, tokens.remove(0)))
-    }
+impl GreedyModel for Mllama {
+    type Image = ProcessedImage;
+    type Prompt = Prompt;
 
-    /// Greedy decoding of several prompts left-padded into one batch; each row's tokens.
-    pub fn greedy_batch(
-        &self,
-        prompts: &[Prompt],
-        max_new_tokens: &[usize],
-        eos: &[u32],
-        repetition_penalty: f32,
-    ) -> Result<Vec<Vec<u32>>> {
-        Ok(self.greedy_prompts(prompts, max_new_tokens, eos, repetition_penalty)?.1)
+    /// A prompt's cross-attention states and mask from its ids and images.
+    fn prompt(&self, ids: &[u32], images: &[&ProcessedImage]) -> Result<Prompt> {
+        let image_id = self.config.image_token_id;
+        let n_tokens = ids.iter().filter(|&&t| t == image_id).count();
+        if n_tokens != images.len() {
+            return Err(ModelError::Input(format!(
+                "the prompt has {n_tokens} <|image|> tokens for {} images",
+                images.len()
+            )));
+        }
+        let ranges = cross_attention_token_mask(ids, image_id);
+        let tiles: Vec<usize> = images.iter().map(|i| i.num_tiles()).collect();
+        let cross_mask = dense_cross_attention_mask(&ranges, &tiles, self.config.vision.max_num_tiles, ids.len());
+        let cross_states = self.cross_states(images)?;
+        Ok(Prompt { ids: ids.to_vec(), cross_states, cross_mask, n_images: images.len() })
     }
 
     /// The prefill's last logits (b, vocab, before any penalty) and each row's greedy tokens.
     /// Every prompt of a batch must have the same number of images (rows with fewer images would
     /// need padding images, whose tokens the text before an image attends to: not what one
     /// request alone computes).
-    pub fn greedy_prompts(
+    fn greedy_prompts(
         &self,
         prompts: &[Prompt],
         max_new_tokens: &[usize],

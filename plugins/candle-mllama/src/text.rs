@@ -17,93 +17,22 @@
 //! are no cross-attention states and nothing cached. The KV cache and left padding come from
 //! [`vlm_core::kv`]; positions count from each row's first real token.
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
-use vlm_core::attention::{attention, repeat_kv};
-use vlm_core::kernels::{act, dense};
-use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask, padded_positions};
-use vlm_core::precision::{compute, linear};
+use vlm_core::attention::attention;
+use vlm_core::kernels::dense;
+use vlm_core::kv::{Cache, check_context, held_positions, padded_causal_mask};
+use vlm_core::layers::{self, DecoderLayer, DecoderShape, GatedMlp, last_logits, rms_norm};
+use vlm_core::precision::linear;
 use vlm_core::weights::need;
 use vlm_core::{ModelError, Result};
 
 use crate::config::TextConfig;
 
-fn rms_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<RmsNorm> {
-    need(&vb, "weight")?;
-    Ok(candle_nn::rms_norm(dim, eps, compute(&vb))?)
-}
-
-struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-    act: String,
-}
-
-impl Mlp {
-    fn load(vb: VarBuilder, c: &TextConfig) -> Result<Self> {
-        let (h, i) = (c.hidden_size, c.intermediate_size);
-        Ok(Self {
-            gate: linear(vb.pp("gate_proj"), h, i, false)?,
-            up: linear(vb.pp("up_proj"), h, i, false)?,
-            down: linear(vb.pp("down_proj"), i, h, false)?,
-            act: c.hidden_act.clone(),
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(dense(&self.down, &(act(&self.act, &dense(&self.gate, x)?)? * dense(&self.up, x)?)?)?)
-    }
-}
-
-struct SelfAttentionLayer {
-    ln1: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    ln2: RmsNorm,
-    mlp: Mlp,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-}
-
-impl SelfAttentionLayer {
-    fn load(vb: VarBuilder, c: &TextConfig) -> Result<Self> {
-        let (h, hd) = (c.hidden_size, c.head_dim);
-        let a = vb.pp("self_attn");
-        Ok(Self {
-            ln1: rms_norm(vb.pp("input_layernorm"), h, c.rms_norm_eps)?,
-            q: linear(a.pp("q_proj"), h, c.num_attention_heads * hd, false)?,
-            k: linear(a.pp("k_proj"), h, c.num_key_value_heads * hd, false)?,
-            v: linear(a.pp("v_proj"), h, c.num_key_value_heads * hd, false)?,
-            o: linear(a.pp("o_proj"), c.num_attention_heads * hd, h, false)?,
-            ln2: rms_norm(vb.pp("post_attention_layernorm"), h, c.rms_norm_eps)?,
-            mlp: Mlp::load(vb.pp("mlp"), c)?,
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim: hd,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, kv: &mut KvBuffer) -> Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        let h = self.ln1.forward(x)?;
-        let split = |t: Tensor, heads: usize| t.reshape((b, n, heads, self.head_dim))?.transpose(1, 2)?.contiguous();
-        let q = split(dense(&self.q, &h)?, self.heads)?;
-        let k = split(dense(&self.k, &h)?, self.kv_heads)?;
-        let v = split(dense(&self.v, &h)?, self.kv_heads)?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let (k, v) = kv.append(&k, &v)?;
-        let rep = self.heads / self.kv_heads;
-        let (k, v) = (repeat_kv(k, rep)?, repeat_kv(v, rep)?);
-        let y = attention(&q, &k, &v, Some(mask), (self.head_dim as f64).powf(-0.5))?;
-        let y = dense(&self.o, &y.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim))?)?;
-        let x = (x + y)?;
-        Ok((&x + self.mlp.forward(&self.ln2.forward(&x)?)?)?)
-    }
+/// A self-attention layer's sizes (no biases); the cross-attention layers' MLP is the same.
+fn layer_shape(c: &TextConfig) -> DecoderShape<'_> {
+    let heads = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    DecoderShape::new(c.hidden_size, c.intermediate_size, heads, c.rms_norm_eps, &c.hidden_act)
 }
 
 /// One cross-attention layer's keys and values for a batch: (b, kv heads, K, head_dim) each.
@@ -125,7 +54,7 @@ struct CrossAttentionLayer {
     k_norm: RmsNorm,
     attn_gate: f64,
     ln2: RmsNorm,
-    mlp: Mlp,
+    mlp: GatedMlp,
     mlp_gate: f64,
     heads: usize,
     kv_heads: usize,
@@ -152,7 +81,7 @@ impl CrossAttentionLayer {
             k_norm: rms_norm(a.pp("k_norm"), hd, c.rms_norm_eps)?,
             attn_gate: gate(&vb, "cross_attn_attn_gate")?,
             ln2: rms_norm(vb.pp("post_attention_layernorm"), h, c.rms_norm_eps)?,
-            mlp: Mlp::load(vb.pp("mlp"), c)?,
+            mlp: GatedMlp::load(vb.pp("mlp"), &layer_shape(c))?,
             mlp_gate: gate(&vb, "cross_attn_mlp_gate")?,
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
@@ -191,7 +120,7 @@ impl CrossAttentionLayer {
 }
 
 enum Layer {
-    SelfAttention(SelfAttentionLayer),
+    SelfAttention(DecoderLayer),
     CrossAttention(CrossAttentionLayer),
 }
 
@@ -232,18 +161,12 @@ impl TextModel {
                 Ok(if c.cross_attention_layers.contains(&i) {
                     Layer::CrossAttention(CrossAttentionLayer::load(vb, c)?)
                 } else {
-                    Layer::SelfAttention(SelfAttentionLayer::load(vb, c)?)
+                    Layer::SelfAttention(DecoderLayer::load(vb, &layer_shape(c))?)
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = rms_norm(model.pp("norm"), c.hidden_size, c.rms_norm_eps)?;
-        let lm_head = if lm_head.contains_tensor("weight") {
-            linear(lm_head, c.hidden_size, c.vocab_size, false)?
-        } else if c.tie_word_embeddings {
-            Linear::new(embed.embeddings().narrow(0, 0, c.vocab_size)?, None)
-        } else {
-            return Err(ModelError::Load("missing weight lm_head.weight (and tie_word_embeddings is false)".into()));
-        };
+        let lm_head = layers::lm_head(lm_head, embed.embeddings(), c.hidden_size, c.vocab_size, c.tie_word_embeddings)?;
         let self_layers = layers.iter().filter(|l| matches!(l, Layer::SelfAttention(_))).count();
         Ok(Self {
             embed,
@@ -304,23 +227,10 @@ impl TextModel {
         cross: Option<(&CrossContext, &Tensor, &Tensor)>,
     ) -> Result<Tensor> {
         let (b, n, _) = embeds.dims3()?;
-        if pads.len() != b {
-            return Err(ModelError::Input(format!("{} pads for a batch of {b}", pads.len())));
-        }
         let start = cache.len;
-        let longest = start + n - pads.iter().copied().min().unwrap_or(0);
-        // Only the prompt can be too long: each row's budget of new tokens fits its context, and a
-        // row that has finished keeps stepping (its tokens ignored) while the others go on, so its
-        // positions are held at the last one instead of failing the whole batch.
-        if start == 0 && longest > self.max_positions {
-            return Err(ModelError::Input(format!(
-                "the sequence needs {longest} positions, more than the model's context of {} (max_position_embeddings)",
-                self.max_positions
-            )));
-        }
+        check_context(pads, b, start, n, self.max_positions)?;
         let dev = embeds.device();
-        let last = self.max_positions.saturating_sub(1) as u32;
-        let positions: Vec<u32> = padded_positions(pads, start, n).into_iter().map(|p| p.min(last)).collect();
+        let positions = held_positions(pads, start, n, self.max_positions);
         let (cos, sin) = self.rope(&positions, b, n, dev)?;
         let mask = padded_causal_mask(pads, start, n, DType::F32, dev)?;
         let mut x = embeds.to_dtype(self.dtype)?;
@@ -328,7 +238,7 @@ impl TextModel {
         for layer in &self.layers {
             match layer {
                 Layer::SelfAttention(l) => {
-                    x = l.forward(&x, &cos, &sin, &mask, &mut cache.kvs[si])?;
+                    x = l.forward(&x, (&cos, &sin), &mask, &mut cache.kvs[si])?;
                     si += 1;
                 }
                 Layer::CrossAttention(l) => {
@@ -344,7 +254,6 @@ impl TextModel {
             }
         }
         cache.len += n;
-        let last = self.norm.forward(&x.i((.., n - 1..n, ..))?)?;
-        Ok(dense(&self.lm_head, &last)?.squeeze(1)?.to_dtype(DType::F32)?)
+        Ok(last_logits(&self.norm, &self.lm_head, &x)?)
     }
 }

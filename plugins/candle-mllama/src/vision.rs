@@ -30,17 +30,13 @@ use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 use vlm_core::attention::attention;
 use vlm_core::kernels::{act, dense};
+use vlm_core::layers::layer_norm;
 use vlm_core::precision::{compute, linear};
 use vlm_core::weights::need;
 use vlm_core::{ModelError, Result};
 
 use crate::config::VisionConfig;
 use crate::processor::ProcessedImage;
-
-fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<LayerNorm> {
-    need(&vb, "weight")?;
-    Ok(candle_nn::layer_norm(dim, eps, compute(&vb))?)
-}
 
 /// A scalar gate parameter (shape (1,)) as `tanh(gate)`.
 fn tanh_gate(vb: &VarBuilder, name: &str) -> Result<f64> {

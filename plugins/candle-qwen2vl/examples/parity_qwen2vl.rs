@@ -1,15 +1,14 @@
 //! The Qwen2-VL goldens on any device and dtype, from a plain binary (`vlm_core::parity_run` says
 //! what is checked): per golden case, the image through our processor, then 24 pure-argmax steps
-//! (no EOS stop) from the golden input ids, as the parity tests run them.
+//! (no EOS stop) from the golden input ids, as the parity tests run them
+//! (`vlm_core::parity_run::greedy_main`).
 //! `cargo xtask gpu-check` runs it on CUDA; `parity_qwen2vl bench ARGS` runs the bench binary's code
 //! (`examples/bench_qwen2vl.rs`), so that one binary per family travels.
 
 use std::process::ExitCode;
 
-use vlm_core::parity_run::{ParityCheckpoint, case_request, cases, fixture_config, golden, ids, main_with};
+use vlm_core::parity_run::{ParityCheckpoint, bench_subcommand, greedy_main};
 use vlsbench_backend_candle_qwen2vl::CandleQwen2Vl;
-use vlsbench_backend_candle_qwen2vl::processor::ProcessedImage;
-use vlsbench_plugin_api::Backend;
 
 const ARCH: &str = "qwen2vl";
 const CHECKPOINTS: [ParityCheckpoint; 2] =
@@ -21,19 +20,5 @@ const CHECKPOINTS: [ParityCheckpoint; 2] =
 mod bench;
 
 fn main() -> ExitCode {
-    if let Some(code) = vlm_core::parity_run::bench_subcommand("qwen2vl", bench::run) {
-        return code;
-    }
-    main_with("qwen2vl", &CHECKPOINTS, |args, ck, dtype, report| {
-        let b = CandleQwen2Vl::create(fixture_config(args, &ck, dtype))?;
-        let layout = CandleQwen2Vl::describe().message_layout(ck.arch);
-        let g = golden(&args.fixtures, ck.name)?;
-        for case in cases(&g) {
-            let (_, images) = b.prepare(&case_request(&args.fixtures, case, &layout))?;
-            let refs: Vec<&ProcessedImage> = images.iter().collect();
-            let (logits, tokens) = b.model().greedy(&ids(&case["input_ids"]), &refs, 24, &[])?;
-            report.record_case(case, &logits.to_vec1::<f32>()?, &tokens)?;
-        }
-        Ok(())
-    })
+    bench_subcommand("qwen2vl", bench::run).unwrap_or_else(|| greedy_main::<CandleQwen2Vl>("qwen2vl", &CHECKPOINTS))
 }

@@ -8,7 +8,9 @@
 use std::time::Instant;
 
 use candle_core::Device;
+use vlm_core::batch::GreedyBackend;
 use vlm_core::bench::{BenchArgs, BenchResult};
+use vlm_core::greedy::GreedyModel;
 use vlm_core::kernels::dense_seconds;
 use vlsbench_backend_candle_qwen2vl::CandleQwen2Vl;
 use vlsbench_backend_candle_qwen2vl::backend::ARCH;

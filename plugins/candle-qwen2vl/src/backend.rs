@@ -13,16 +13,16 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use vlm_core::batch::{finish_generation, generate_in_batches, single};
+use vlm_core::batch::GreedyBackend;
 use vlm_core::qwen2vl::Qwen2VlInputs;
-use vlm_core::request::{budget_in_context, checkpoint_dtype_device, devices, greedy_budget, model_error};
+use vlm_core::request::{checkpoint_dtype_device, one_arch_info};
 use vlm_core::tokenizer::PromptTokenizer;
 use vlsbench_plugin_api::{
     Backend, BackendConfig, BackendError, BackendInfo, ChatMessage, GenerateRequest, Generation, MessageLayout,
 };
 
 use crate::config::ImageProcessorConfig;
-use crate::model::{Prompt, Qwen2Vl};
+use crate::model::Qwen2Vl;
 use crate::processor::ProcessedImage;
 
 pub const ARCH: &str = "qwen2vl";
@@ -49,51 +49,9 @@ impl CandleQwen2Vl {
         Ok(Self { checkpoint: dir.to_owned(), model, inputs })
     }
 
-    /// `processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`.
-    pub fn rendered_prompt(&self, messages: &[ChatMessage]) -> Result<String, BackendError> {
-        self.inputs.rendered_prompt(messages)
-    }
-
-    /// A request's input ids and images, as `process_vision_info` and `Qwen2VLProcessor` make them.
-    pub fn prepare(&self, req: &GenerateRequest) -> Result<(Vec<u32>, Vec<ProcessedImage>), BackendError> {
-        self.inputs.prepare(req)
-    }
-
-    /// A request prepared for the decoder, with its budget of new tokens.
-    fn embed_request(&self, req: &GenerateRequest) -> Result<(Prompt, usize), BackendError> {
-        let max_new = greedy_budget(req)?;
-        let (ids, images) = self.prepare(req)?;
-        let budget = budget_in_context(req, max_new, ids.len(), self.model.config.text.max_position_embeddings)?;
-        let refs: Vec<&ProcessedImage> = images.iter().collect();
-        let prompt = self.model.prompt(&ids, &refs).map_err(|e| model_error(&req.id, e))?;
-        Ok((prompt, budget))
-    }
-
-    /// The answer text for generated tokens (EOS not included).
-    pub fn decode(&self, tokens: &[u32]) -> Result<String, BackendError> {
-        self.inputs.decode(tokens)
-    }
-
-    /// Greedy answers for several requests, decoded together [`MAX_BATCH`] at a time.
-    pub fn generate_batch(&self, requests: &[GenerateRequest]) -> Vec<Result<Generation, BackendError>> {
-        generate_in_batches(
-            requests,
-            MAX_BATCH,
-            |req| self.embed_request(req),
-            |prompts, budgets| {
-                self.model.greedy_batch(&prompts, budgets, &self.inputs.eos, self.inputs.repetition_penalty)
-            },
-            |req, tokens| finish_generation(&req.id, tokens, &self.inputs.eos, |t| self.decode(t)),
-        )
-    }
-
-    /// One request alone.
-    pub fn generate_one(&self, req: &GenerateRequest) -> Result<Generation, BackendError> {
-        single(self.generate_batch(std::slice::from_ref(req)))
-    }
-
-    pub fn model(&self) -> &Qwen2Vl {
-        &self.model
+    /// The checkpoint folder it was loaded from.
+    pub fn checkpoint(&self) -> &Path {
+        &self.checkpoint
     }
 
     pub fn processor(&self) -> &ImageProcessorConfig {
@@ -103,24 +61,44 @@ impl CandleQwen2Vl {
     pub fn tokenizer(&self) -> &PromptTokenizer {
         &self.inputs.tokenizer
     }
+}
 
-    /// Tests: stop at other tokens (the fixtures' greedy runs never reach their EOS).
-    #[cfg(test)]
-    pub(crate) fn set_eos(&mut self, eos: Vec<u32>) {
-        self.inputs.eos = eos;
+/// Decoding is [`GreedyBackend`]'s: every request prepared alone, then decoded together
+/// [`MAX_BATCH`] at a time.
+impl GreedyBackend for CandleQwen2Vl {
+    type Model = Qwen2Vl;
+    const MAX_BATCH: usize = MAX_BATCH;
+
+    /// A request's input ids and images, as `process_vision_info` and `Qwen2VLProcessor` make them.
+    fn prepare(&self, req: &GenerateRequest) -> Result<(Vec<u32>, Vec<ProcessedImage>), BackendError> {
+        self.inputs.prepare(req)
     }
 
-    /// The repetition penalty decoding applies (1.0: none).
-    pub fn repetition_penalty(&self) -> f32 {
-        self.inputs.repetition_penalty
+    fn model(&self) -> &Qwen2Vl {
+        &self.model
     }
 
-    pub fn eos(&self) -> &[u32] {
+    /// `processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`.
+    fn rendered_prompt(&self, messages: &[ChatMessage]) -> Result<String, BackendError> {
+        self.inputs.rendered_prompt(messages)
+    }
+
+    fn eos(&self) -> &[u32] {
         &self.inputs.eos
     }
 
-    pub fn checkpoint(&self) -> &Path {
-        &self.checkpoint
+    /// `generation_config.json`'s, or `[model.options] repetition_penalty`.
+    fn repetition_penalty(&self) -> f32 {
+        self.inputs.repetition_penalty
+    }
+
+    fn context_length(&self) -> usize {
+        self.model.config.text.max_position_embeddings
+    }
+
+    /// The answer text for generated tokens (EOS not included), cleaned up and stripped.
+    fn decode(&self, tokens: &[u32]) -> Result<String, BackendError> {
+        self.inputs.decode(tokens)
     }
 }
 
@@ -134,22 +112,12 @@ struct Qwen2VlOptions {
 
 impl Backend for CandleQwen2Vl {
     fn describe() -> BackendInfo {
-        BackendInfo {
-            name: "candle-qwen2vl".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "Qwen2-VL on candle: qwen_vl_utils + Qwen2VLImageProcessor preprocessing, M-RoPE, greedy \
-                          decoding, batched, parity-tested against transformers"
-                .into(),
-            archs: vec![ARCH.into()],
-            max_batch: MAX_BATCH as u32,
-            concurrent: false,
-            devices: devices(),
-            checkpoint_is_path: true,
-            path_options: vec![],
-            // The reference's qwen2vl loader: user content [image, text], the chat template adds
-            // its default system prompt.
-            message_layouts: [(ARCH.to_owned(), MessageLayout::image_then_text())].into(),
-        }
+        let description = "Qwen2-VL on candle: qwen_vl_utils + Qwen2VLImageProcessor preprocessing, M-RoPE, greedy \
+                           decoding, batched, parity-tested against transformers";
+        // The reference's qwen2vl loader: user content [image, text], the chat template adds its
+        // default system prompt.
+        let layout = MessageLayout::image_then_text();
+        one_arch_info("candle-qwen2vl", env!("CARGO_PKG_VERSION"), description, ARCH, MAX_BATCH, layout)
     }
 
     fn options() -> Option<Vec<vlsbench_plugin_api::OptionSpec>> {

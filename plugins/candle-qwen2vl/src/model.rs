@@ -1,7 +1,7 @@
 //! `Qwen2VLForConditionalGeneration` on candle: the vision tower's merged features written over
 //! the `<|image_pad|>` positions of the token embeddings (`masked_scatter`), M-RoPE positions
 //! from `get_rope_index`, then the Qwen2 decoder; greedy decoding one prompt at a time
-//! ([`Qwen2Vl::greedy`], for tests) or a left-padded batch ([`Qwen2Vl::greedy_batch`]).
+//! ([`GreedyModel::greedy`], for tests) or a left-padded batch ([`GreedyModel::greedy_batch`]).
 //!
 //! Both weight-name layouts load: the 2024 hub upload's (`model.embed_tokens`, `model.layers.*`,
 //! `model.norm`, `visual.*`, `lm_head`) and transformers 5.x's (`model.language_model.*`,
@@ -11,12 +11,12 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use vlm_core::generation::RepetitionPenalty;
-use vlm_core::greedy::greedy_loop;
+use vlm_core::greedy::{GreedyModel, greedy_loop};
 use vlm_core::kernels::splice_image_features;
 use vlm_core::kv::left_pad;
 use vlm_core::precision::compute_dtype;
 use vlm_core::qwen2vl::rope::{decode_step_positions, padded_deltas, padded_prefill_positions};
-use vlm_core::weights::{pick_prefix, var_builder};
+use vlm_core::weights::{load_error, require_prefix, under, var_builder};
 use vlm_core::{ModelError, Result};
 
 use crate::config::Qwen2VlConfig;
@@ -47,17 +47,26 @@ pub struct Qwen2Vl {
 impl Qwen2Vl {
     pub fn load(dir: &Path, config: Qwen2VlConfig, dtype: DType, device: &Device) -> Result<Self> {
         let vb = var_builder(dir, dtype, device)?;
-        let at = |e: ModelError, what: &str| ModelError::Load(format!("{}: {what}: {e}", dir.display()));
-        let txt = pick_prefix(&vb, &["model.language_model.", "model."], "embed_tokens.weight").ok_or_else(|| {
-            ModelError::Load(format!("{}: no text model weights (model.embed_tokens.weight)", dir.display()))
-        })?;
-        let vis = pick_prefix(&vb, &["model.visual.", "visual."], "patch_embed.proj.weight").ok_or_else(|| {
-            ModelError::Load(format!("{}: no vision tower weights (visual.patch_embed.proj.weight)", dir.display()))
-        })?;
-        let strip = |p: &str| p.trim_end_matches('.').to_owned();
-        let vision = VisionTower::load(vb.pp(strip(vis)), &config.vision).map_err(|e| at(e, "vision tower"))?;
-        let text = TextModel::load(vb.pp(strip(txt)), vb.pp("lm_head"), &config.text, compute_dtype(dtype, device))
-            .map_err(|e| at(e, "text model"))?;
+        let txt = require_prefix(
+            &vb,
+            dir,
+            &["model.language_model.", "model."],
+            "embed_tokens.weight",
+            "text model",
+            "model.embed_tokens.weight",
+        )?;
+        let vis = require_prefix(
+            &vb,
+            dir,
+            &["model.visual.", "visual."],
+            "patch_embed.proj.weight",
+            "vision tower",
+            "visual.patch_embed.proj.weight",
+        )?;
+        let vision =
+            VisionTower::load(under(&vb, vis), &config.vision).map_err(|e| load_error(dir, "vision tower", e))?;
+        let text = TextModel::load(under(&vb, txt), vb.pp("lm_head"), &config.text, compute_dtype(dtype, device))
+            .map_err(|e| load_error(dir, "text model", e))?;
         Ok(Self { config, vision, text, device: device.clone(), dtype })
     }
 
@@ -99,40 +108,19 @@ impl Qwen2Vl {
         rope_index(ids, grids, c.image_token_id, c.vision_start_token_id, c.vision.spatial_merge_size)
             .map_err(ModelError::Input)
     }
+}
+
+impl GreedyModel for Qwen2Vl {
+    type Image = ProcessedImage;
+    type Prompt = Prompt;
 
     /// A prompt's embeddings and positions from its ids and images.
-    pub fn prompt(&self, ids: &[u32], images: &[&ProcessedImage]) -> Result<Prompt> {
+    fn prompt(&self, ids: &[u32], images: &[&ProcessedImage]) -> Result<Prompt> {
         let grids: Vec<[usize; 3]> = images.iter().map(|i| i.grid).collect();
         let (positions, rope_delta) = self.rope_index(ids, &grids)?;
         let feats = self.image_features(images)?;
         let embeds = self.merged_embeddings(ids, feats.as_ref())?;
         Ok(Prompt { ids: ids.to_vec(), embeds, positions, rope_delta })
-    }
-
-    /// Greedy decoding of one prompt: the first step's logits (vocab,) and the tokens (stopping
-    /// after `max_new_tokens`, or at the first of `eos`, which is kept).
-    pub fn greedy(
-        &self,
-        ids: &[u32],
-        images: &[&ProcessedImage],
-        max_new_tokens: usize,
-        eos: &[u32],
-    ) -> Result<(Tensor, Vec<u32>)> {
-        let prompt = self.prompt(ids, images)?;
-        let (first, mut tokens) = self.greedy_prompts(&[prompt], &[max_new_tokens], eos, 1.0)?;
-        Ok((first.squeeze(0)?, tokens.remove(0)))
-    }
-
-    /// Greedy decoding of several prompts left-padded into one batch, with transformers'
-    /// repetition penalty (1.0: none); each row's tokens.
-    pub fn greedy_batch(
-        &self,
-        prompts: &[Prompt],
-        max_new_tokens: &[usize],
-        eos: &[u32],
-        repetition_penalty: f32,
-    ) -> Result<Vec<Vec<u32>>> {
-        Ok(self.greedy_prompts(prompts, max_new_tokens, eos, repetition_penalty)?.1)
     }
 
     /// The prefill's last logits (b, vocab, before any penalty) and each row's greedy tokens.
@@ -141,7 +129,7 @@ impl Qwen2Vl {
     /// rope_delta - pad (transformers' delta is taken against the padded row). With a
     /// `repetition_penalty` other than 1, each row's logits are penalised over the ids it has seen
     /// (its prompt, without padding, and its answer so far) before the argmax.
-    pub fn greedy_prompts(
+    fn greedy_prompts(
         &self,
         prompts: &[Prompt],
         max_new_tokens: &[usize],

@@ -7,31 +7,29 @@
 use std::path::Path;
 
 use serde_json::Value;
+use vlm_core::batch::GreedyBackend;
+use vlm_core::greedy::GreedyModel;
 use vlm_core::npy;
-use vlm_core::testing::{self, Parity, checkpoint_without, fixtures, golden, ids, png_claiming, temp_dir};
+use vlm_core::testing::{self, Fixture, check_golden_rgb, check_pixel_values, fixtures, golden, ids, temp_dir};
 use vlsbench_plugin_api::{
-    Backend, BackendConfig, ChatMessage, ContentPart, ErrorKind, GenerateRequest, GenerationSettings, MessageLayout,
-    Role,
+    Backend, BackendConfig, ChatMessage, ContentPart, GenerateRequest, GenerationSettings, MessageLayout, Role,
 };
 
-use crate::backend::CandleQwen2Vl;
+use crate::backend::{ARCH, CandleQwen2Vl};
 use crate::processor::ProcessedImage;
 
 const CHECKPOINTS: [&str; 2] = ["qwen2vl", "qwen2vl_old_layout"];
 
+fn fixture() -> Fixture<CandleQwen2Vl> {
+    Fixture::new(ARCH)
+}
+
 fn backend_config(checkpoint: &str) -> BackendConfig {
-    BackendConfig {
-        arch: "qwen2vl".into(),
-        checkpoint: Some(format!("checkpoints/{checkpoint}")),
-        device: None,
-        dtype: None,
-        options: Value::Null,
-        base_dir: fixtures(),
-    }
+    fixture().config(checkpoint)
 }
 
 fn load(checkpoint: &str) -> CandleQwen2Vl {
-    CandleQwen2Vl::create(backend_config(checkpoint)).unwrap()
+    fixture().load(checkpoint)
 }
 
 /// The backend with no repetition penalty: pure argmax, as the goldens' greedy runs are.
@@ -47,95 +45,47 @@ fn request(id: &str, prompt: &str, image: &Path, max_new: u32) -> GenerateReques
 }
 
 fn case_request(case: &Value, max_new: u32) -> GenerateRequest {
-    request("0", case["prompt"].as_str().unwrap(), &fixtures().join(case["image"].as_str().unwrap()), max_new)
+    fixture().case_request(case, max_new)
 }
 
 #[test]
 fn prompts_ids_images_grids_pixels_and_positions_match_goldens() {
-    for checkpoint in CHECKPOINTS {
-        let b = load(checkpoint);
-        let g = golden(checkpoint);
-        let std = b.processor().image_std;
-        let mut table =
-            format!("{checkpoint}:\nimage          prompt     grid         max|dpixel|*std (1/255 allowed)\n");
-        for case in g["cases"].as_array().unwrap() {
-            let image = case["image"].as_str().unwrap();
-            let what = format!("{checkpoint} {image} {}", case["prompt_id"]);
-            let req = case_request(case, 24);
-            assert_eq!(b.rendered_prompt(&req.messages).unwrap(), case["rendered_prompt"].as_str().unwrap(), "{what}");
-            let (got_ids, images) = b.prepare(&req).unwrap();
-            assert_eq!(got_ids, ids(&case["input_ids"]), "{what}: input ids");
-            let [img]: [ProcessedImage; 1] = images.try_into().unwrap();
+    let header = "grid         max|dpixel|*std (1/255 allowed)";
+    fixture().golden_cases_are_prepared_as_the_processor_does(
+        &CHECKPOINTS,
+        header,
+        |b, checkpoint, case, what, ids_, img| {
             let grid: Vec<usize> =
                 case["image_grid_thw"][0].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
             assert_eq!(img.grid.to_vec(), grid, "{what}: image_grid_thw");
             assert_eq!(img.num_tokens(2) as u64, case["num_image_tokens"].as_u64().unwrap(), "{what}");
             // The image after qwen_vl_utils, byte for byte.
-            let q = &case["qwen_image"];
-            let want =
-                npy::read_u8(&fixtures().join("golden").join(checkpoint).join(q["npy"].as_str().unwrap())).unwrap();
-            assert_eq!(want.shape, vec![img.resized.height, img.resized.width, 3], "{what}: resized size");
-            assert!(want.data == img.resized.data, "{what}: the resized image differs");
+            let npy_name = case["qwen_image"]["npy"].as_str().unwrap();
+            let size = (img.resized.height, img.resized.width);
+            check_golden_rgb(what, checkpoint, npy_name, size, &img.resized.data, "the resized image differs");
             // Pixel values: within 1/255 before normalisation (value * std).
             let pv = &case["pixel_values"];
             let shape: Vec<usize> =
                 pv["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
             assert_eq!(shape, vec![img.grid.iter().product(), img.patches.len() / img.grid.iter().product::<usize>()]);
-            let sum: f64 = img.patches.iter().map(|&x| x as f64).sum();
-            assert!(
-                (sum - pv["stats"]["sum"].as_f64().unwrap()).abs() < 1e-3,
-                "{what}: pixel sum {sum} vs {}",
-                pv["stats"]["sum"]
-            );
-            let mut worst = None;
-            if let Some(npy_name) = pv["npy"].as_str() {
-                let want = npy::read_f32(&fixtures().join("golden").join(checkpoint).join(npy_name)).unwrap();
-                let per_channel = img.patches.len() / shape[0] / 3;
-                let d = img
-                    .patches
-                    .iter()
-                    .zip(&want.data)
-                    .enumerate()
-                    .map(|(i, (a, b))| (a - b).abs() * std[(i % (3 * per_channel)) / per_channel] as f32)
-                    .fold(0f32, f32::max);
-                assert!(d <= 1.0 / 255.0, "{what}: pixel values differ by {d} before normalisation");
-                worst = Some(d);
-            }
+            let per_channel = img.patches.len() / shape[0] / 3;
+            let channel = |i: usize| (i % (3 * per_channel)) / per_channel;
+            let worst = check_pixel_values(what, checkpoint, pv, &img.patches, 1e-3, b.processor().image_std, channel);
             // M-RoPE position ids and rope_deltas.
-            let (positions, delta) = b.model().rope_index(&got_ids, &[img.grid]).unwrap();
+            let (positions, delta) = b.model().rope_index(ids_, &[img.grid]).unwrap();
             for (row, want) in case["position_ids"].as_array().unwrap().iter().enumerate() {
                 let got: Vec<u32> = positions.iter().map(|p| p[row]).collect();
                 assert_eq!(got, ids(want), "{what}: position_ids row {row}");
             }
             assert_eq!(delta, case["rope_deltas"].as_i64().unwrap(), "{what}: rope_deltas");
-            table += &format!(
-                "{:<14} {:<10} {:<12} {}\n",
-                image.trim_start_matches("images/"),
-                case["prompt_id"].as_str().unwrap(),
-                format!("{:?}", img.grid),
-                worst.map_or("stats only (no .npy)".to_owned(), |d| format!("{d:.3e}"))
-            );
-        }
-        println!("{table}");
-    }
+            format!("{:<12} {worst}", format!("{:?}", img.grid))
+        },
+    );
 }
 
 #[test]
 fn logits_and_greedy_tokens_match_goldens() {
-    for checkpoint in CHECKPOINTS {
-        let b = load(checkpoint);
-        let mut parity = Parity::new(checkpoint);
-        for case in golden(checkpoint)["cases"].as_array().unwrap() {
-            let (_, images) = b.prepare(&case_request(case, 24)).unwrap();
-            let refs: Vec<&ProcessedImage> = images.iter().collect();
-            // From the golden ids, 24 pure-argmax steps with no EOS stop.
-            let (logits, tokens) = b.model().greedy(&ids(&case["input_ids"]), &refs, 24, &[]).unwrap();
-            let label = (case["image"].as_str().unwrap(), case["prompt_id"].as_str().unwrap());
-            let npy_name = case["first_step_logits"]["npy"].as_str().unwrap();
-            parity.record(label, npy_name, &logits.to_vec1::<f32>().unwrap(), &tokens, &ids(&case["greedy_tokens"]));
-        }
-        parity.check();
-    }
+    fixture().greedy_runs_match_goldens(&CHECKPOINTS);
 }
 
 #[test]
@@ -169,122 +119,34 @@ fn answers_are_decoded_cleaned_and_stripped_like_the_reference() {
 
 #[test]
 fn the_golden_left_padded_batch_matches_transformers() {
-    for checkpoint in CHECKPOINTS {
-        let b = load(checkpoint);
-        let g = golden(checkpoint);
-        let rows = g["batch"]["rows"].as_array().unwrap();
-        let mut prompts = Vec::new();
-        let cases = g["cases"].as_array().unwrap();
-        for row in rows {
-            // The row's prompt text is its case's (same image and prompt id).
-            let case = cases.iter().find(|c| c["image"] == row["image"] && c["prompt_id"] == row["prompt_id"]).unwrap();
-            let (got_ids, images) = b.prepare(&case_request(case, 24)).unwrap();
-            let pad = row["num_pad"].as_u64().unwrap() as usize;
-            assert_eq!(got_ids, ids(&row["input_ids"])[pad..].to_vec(), "{checkpoint}: unpadded ids");
-            let refs: Vec<&ProcessedImage> = images.iter().collect();
-            let p = b.model().prompt(&got_ids, &refs).unwrap();
-            for (r, want) in row["position_ids"].as_array().unwrap().iter().enumerate() {
-                let got: Vec<u32> = p.positions.iter().map(|x| x[r]).collect();
-                assert_eq!(got, ids(want)[pad..].to_vec(), "{checkpoint}: position_ids row {r}");
-            }
-            prompts.push(p);
+    fixture().golden_batches_match(&CHECKPOINTS, |_, checkpoint, row, pad, _, p| {
+        assert_eq!(p.embeds.dim(1).unwrap(), p.ids.len(), "{checkpoint}: one embedding a token");
+        for (r, want) in row["position_ids"].as_array().unwrap().iter().enumerate() {
+            let got: Vec<u32> = p.positions.iter().map(|x| x[r]).collect();
+            assert_eq!(got, ids(want)[pad..].to_vec(), "{checkpoint}: position_ids row {r}");
         }
-        let longest = prompts.iter().map(|p| p.embeds.dim(1).unwrap()).max().unwrap();
-        for (p, row) in prompts.iter().zip(rows) {
-            assert_eq!((longest - p.embeds.dim(1).unwrap()) as u64, row["num_pad"].as_u64().unwrap());
-        }
-        let (first, tokens) = b.model().greedy_prompts(&prompts, &vec![24; rows.len()], &[], 1.0).unwrap();
-        let first: Vec<Vec<f32>> = first.to_vec2().unwrap();
-        let mut parity = Parity::new(checkpoint);
-        for ((row, logits), toks) in rows.iter().zip(&first).zip(&tokens) {
-            let label = (row["image"].as_str().unwrap(), "batch");
-            let npy_name = row["first_step_logits"]["npy"].as_str().unwrap();
-            parity.record(label, npy_name, logits, toks, &ids(&row["greedy_tokens"]));
-        }
-        parity.check();
-    }
+    });
 }
 
 #[test]
 fn a_batch_answers_like_one_request_at_a_time() {
-    let b = load("qwen2vl");
-    let g = golden("qwen2vl");
     // Every golden case (different images, grids and prompt lengths), budgets 8, 16 and 24.
-    let reqs: Vec<GenerateRequest> = g["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let mut r = case_request(c, 8 + (i as u32 % 3) * 8);
-            r.id = i.to_string();
-            r
-        })
-        .collect();
-    let batched = b.generate(reqs.clone());
-    assert_eq!(batched.len(), reqs.len());
-    for (req, got) in reqs.iter().zip(batched) {
-        assert_eq!(got.unwrap(), b.generate_one(req).unwrap(), "item {} batched vs alone", req.id);
-    }
+    Fixture::batch_answers_like_one_request_at_a_time(&load("qwen2vl"), fixture().golden_requests("qwen2vl"));
 }
 
 #[test]
 fn a_bad_item_in_a_batch_fails_alone_with_a_typed_error_naming_it() {
-    let fx = fixtures();
-    let dir = temp_dir("candle-qwen2vl");
-    let corrupt = dir.join("corrupt.png");
-    std::fs::write(&corrupt, b"\x89PNG not really").unwrap();
-    let needle = dir.join("needle.png");
+    // An image too thin for Qwen2-VL's aspect-ratio limit.
+    let needle = temp_dir("candle-qwen2vl").join("needle.png");
     image::RgbImage::new(402, 2).save(&needle).unwrap();
-    let huge = dir.join("huge.png");
-    std::fs::write(&huge, png_claiming(60_000, 60_000)).unwrap();
-    let b = load("qwen2vl");
-    let good = request("1", "What is this?", &fx.join("images/mult28.png"), 4);
-    let out = b.generate(vec![
-        good.clone(),
-        request("2", "What is this?", &corrupt, 4),
-        request("3", "What is this?", &dir.join("absent.png"), 4),
-        request("4", "What is this?", &needle, 4),
-        request("5", "What is this?", &huge, 4),
-        request("6", &"word ".repeat(40_000), &fx.join("images/mult28.png"), 4),
-    ]);
-    assert_eq!(out[0].as_ref().unwrap(), &b.generate_one(&good).unwrap());
-    let expected = [(1, "corrupt.png"), (2, "absent.png"), (3, "aspect ratio"), (4, "60000x60000"), (5, "context")];
-    assert!(out[5].as_ref().unwrap_err().message.contains("mult28.png"));
-    for (k, what) in expected {
-        let e = out[k].as_ref().unwrap_err();
-        assert_eq!(e.kind, ErrorKind::BadRequest, "{e}");
-        assert!(e.message.contains(&format!("item {}", k + 1)) && e.message.contains(what), "{e}");
-    }
-    assert!(out[3].as_ref().unwrap_err().message.contains("needle.png"));
-    assert!(out[4].as_ref().unwrap_err().message.contains("huge.png"));
+    let needle = (request("6", "What is this?", &needle, 4), vec!["aspect ratio", "needle.png"]);
+    fixture().bad_items_fail_alone(&load("qwen2vl"), &fixtures().join("images/mult28.png"), 40_000, vec![needle]);
 }
 
 #[test]
 fn bad_configurations_are_named_at_load() {
-    let fx = fixtures();
-    let mut cfg = backend_config("qwen2vl");
-    cfg.arch = "llava_hf".into();
-    assert_eq!(CandleQwen2Vl::create(cfg).err().unwrap().kind, ErrorKind::Unsupported);
-    let mut cfg = backend_config("qwen2vl");
-    cfg.dtype = Some("f64".into());
-    let e = CandleQwen2Vl::create(cfg).err().unwrap();
-    assert!(e.message.contains("f64") && e.message.contains("bf16"), "{e}");
-    let mut cfg = backend_config("qwen2vl");
-    cfg.checkpoint = Some("checkpoints/llava_hf".into());
-    let e = CandleQwen2Vl::create(cfg).err().unwrap();
-    assert_eq!(e.kind, ErrorKind::BadConfig);
-    assert!(e.message.contains("config.json") && e.message.contains("qwen2_vl"), "{e}");
-    // A checkpoint missing a piece names it.
-    for (missing, named) in [("model.safetensors", "no weights"), ("tokenizer.json", "tokenizer.json")] {
-        let dir = temp_dir("candle-qwen2vl").join(format!("no-{missing}"));
-        checkpoint_without(&fx.join("checkpoints/qwen2vl"), &dir, missing);
-        let mut cfg = backend_config("qwen2vl");
-        cfg.checkpoint = Some(dir.display().to_string());
-        let e = CandleQwen2Vl::create(cfg).err().unwrap();
-        assert_eq!(e.kind, ErrorKind::BadConfig, "{e}");
-        assert!(e.message.contains(named), "{missing}: {e}");
-    }
+    let missing = [("model.safetensors", "no weights"), ("tokenizer.json", "tokenizer.json")];
+    fixture().bad_configurations_are_named_at_load("qwen2vl", "llava_hf", "llava_hf", "qwen2_vl", &missing);
 }
 
 /// f16 and bf16 on the CPU (linear-layer weights kept half, math in f32) against the f32
@@ -294,48 +156,18 @@ const HALF_TOLERANCES: [(&str, f32); 2] = [("f16", 2e-3), ("bf16", 2e-2)];
 
 #[test]
 fn half_precision_weights_keep_the_greedy_tokens_and_the_logits_close() {
-    for (dtype, tolerance) in HALF_TOLERANCES {
-        for checkpoint in CHECKPOINTS {
-            let mut cfg = backend_config(checkpoint);
-            cfg.dtype = Some(dtype.into());
-            let b = CandleQwen2Vl::create(cfg).unwrap();
-            assert_eq!(b.model().dtype, vlm_core::request::parse_dtype(Some(dtype)).unwrap());
-            let mut parity = Parity::with_tolerance(checkpoint, dtype, tolerance);
-            for case in golden(checkpoint)["cases"].as_array().unwrap() {
-                let (_, images) = b.prepare(&case_request(case, 24)).unwrap();
-                let refs: Vec<&ProcessedImage> = images.iter().collect();
-                let (logits, tokens) = b.model().greedy(&ids(&case["input_ids"]), &refs, 24, &[]).unwrap();
-                parity.record_case(case, &logits.to_vec1::<f32>().unwrap(), &tokens);
-            }
-            parity.check();
-        }
-    }
+    fixture().half_precision_runs_match_goldens(&CHECKPOINTS, &HALF_TOLERANCES, |b| b.model().dtype);
 }
 
 #[test]
 fn the_backend_declares_image_then_text_for_qwen2vl() {
-    let info = CandleQwen2Vl::describe();
-    assert_eq!(info.name, "candle-qwen2vl");
-    assert_eq!(info.archs, vec!["qwen2vl".to_owned()]);
-    assert_eq!(info.max_batch, 8);
-    assert!(info.checkpoint_is_path);
-    assert_eq!(info.message_layout("qwen2vl"), vlsbench_plugin_api::MessageLayout::image_then_text());
+    fixture().declares_image_then_text("candle-qwen2vl");
 }
 
 #[test]
 fn the_real_chat_template_renders_the_fixture_prompts() {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/checkpoints/Qwen__Qwen2-VL-7B-Instruct/variants/chat_template@db8ce50.json");
-    if !p.is_file() {
-        println!("SKIPPED: {} absent", p.display());
-        return;
-    }
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    let t = vlm_core::template::ChatTemplate::new(v["chat_template"].as_str().unwrap(), Default::default()).unwrap();
-    for case in golden("qwen2vl")["cases"].as_array().unwrap() {
-        let req = case_request(case, 1);
-        assert_eq!(t.render(&req.messages).unwrap(), case["rendered_prompt"].as_str().unwrap());
-    }
+    let file = "Qwen__Qwen2-VL-7B-Instruct/variants/chat_template@db8ce50.json";
+    fixture().real_chat_template_renders_the_fixture_prompts(file, Default::default(), "qwen2vl");
 }
 
 #[test]
@@ -385,23 +217,8 @@ fn images_in_one_call_never_attend_to_each_other() {
 
 #[test]
 fn generation_stops_at_the_first_eos_and_leaves_it_out_of_the_answer() {
-    // The fixtures' greedy runs never reach their EOS; stop at a token they do produce instead.
-    let mut b = load_argmax("qwen2vl");
-    let g = golden("qwen2vl");
-    let cases = g["cases"].as_array().unwrap();
-    let tokens = ids(&cases[0]["greedy_tokens"]);
-    let stop = tokens[4];
-    let at = tokens.iter().position(|&t| t == stop).unwrap();
-    b.set_eos(vec![stop]);
-    let got = b.generate_one(&case_request(&cases[0], 24)).unwrap();
-    assert_eq!(got.finish_reason.as_deref(), Some("stop"));
-    assert_eq!(got.tokens, Some(at as u32 + 1));
-    assert_eq!(got.text, b.decode(&tokens[..at]).unwrap());
-    // In a batch, the row that stops early and the rows that run on answer as they do alone.
-    let reqs: Vec<GenerateRequest> = cases.iter().step_by(4).map(|c| case_request(c, 24)).collect();
-    for (req, got) in reqs.iter().zip(b.generate(reqs.clone())) {
-        assert_eq!(got.unwrap(), b.generate_one(req).unwrap());
-    }
+    // Pure argmax, as the goldens' greedy runs are.
+    fixture().generation_stops_at_the_first_eos("qwen2vl", serde_json::json!({"repetition_penalty": 1.0}));
 }
 
 /// What the reference harness records: transformers' `generate(do_sample=False, top_p=1.0,
@@ -410,31 +227,10 @@ fn generation_stops_at_the_first_eos_and_leaves_it_out_of_the_answer() {
 /// the same cleaned, stripped answer, in both layouts.
 #[test]
 fn answers_with_the_checkpoints_defaults_equal_the_reference_harnesss_generate() {
-    let mut table = String::from("checkpoint          image          prompt     tokens equal  answer equal\n");
-    let mut all = true;
-    for checkpoint in CHECKPOINTS {
-        let b = load(checkpoint);
-        for case in golden(checkpoint)["cases"].as_array().unwrap() {
-            let reference = &case["reference_generate"];
-            assert_eq!(reference["repetition_penalty"].as_f64().unwrap() as f32, b.repetition_penalty());
-            let input_ids = ids(&case["input_ids"]);
-            let (_, images) = b.prepare(&case_request(case, 24)).unwrap();
-            let refs: Vec<&ProcessedImage> = images.iter().collect();
-            let prompt = b.model().prompt(&input_ids, &refs).unwrap();
-            let tokens = b.model().greedy_batch(&[prompt], &[24], b.eos(), b.repetition_penalty()).unwrap().remove(0);
-            let answer = b.generate_one(&case_request(case, 24)).unwrap().text;
-            let tokens_equal = tokens == ids(&reference["tokens"]);
-            let answer_equal = answer == reference["answer"].as_str().unwrap();
-            all &= tokens_equal && answer_equal;
-            let image = case["image"].as_str().unwrap().trim_start_matches("images/");
-            table += &format!(
-                "{checkpoint:<19} {image:<14} {:<10} {tokens_equal:<13} {answer_equal}\n",
-                case["prompt_id"].as_str().unwrap()
-            );
-        }
-    }
-    println!("{table}");
-    assert!(all, "{table}");
+    fixture().answers_equal_the_reference_harnesss_generate(&CHECKPOINTS, |b, _, case, _| {
+        let reference = &case["reference_generate"];
+        assert_eq!(reference["repetition_penalty"].as_f64().unwrap() as f32, b.repetition_penalty());
+    });
 }
 
 #[test]

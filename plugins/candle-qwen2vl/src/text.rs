@@ -13,92 +13,15 @@
 //!   offset by the text before it), and its `rope_delta`, so a decode step's position is
 //!   `cache length + delta`.
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder};
-use vlm_core::attention::{attention, repeat_kv};
-use vlm_core::kernels::{act, dense};
-use vlm_core::kv::{Cache, KvBuffer, padded_causal_mask};
-use vlm_core::precision::{compute, linear};
+use vlm_core::kv::{Cache, check_context, padded_causal_mask};
+use vlm_core::layers::{self, DecoderLayer, DecoderShape, default_inv_freq, last_logits, rms_norm};
 use vlm_core::weights::need;
 use vlm_core::{ModelError, Result};
 
 use crate::config::TextConfig;
 pub use vlm_core::qwen2vl::rope::{Positions, rope_index};
-
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-}
-
-impl Attention {
-    fn load(vb: VarBuilder, c: &TextConfig) -> Result<Self> {
-        let (h, hd) = (c.hidden_size, c.head_dim);
-        Ok(Self {
-            q: linear(vb.pp("q_proj"), h, c.num_attention_heads * hd, true)?,
-            k: linear(vb.pp("k_proj"), h, c.num_key_value_heads * hd, true)?,
-            v: linear(vb.pp("v_proj"), h, c.num_key_value_heads * hd, true)?,
-            o: linear(vb.pp("o_proj"), c.num_attention_heads * hd, h, false)?,
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim: hd,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, kv: &mut KvBuffer) -> Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        let split = |t: Tensor, h: usize| t.reshape((b, n, h, self.head_dim))?.transpose(1, 2)?.contiguous();
-        let q = split(dense(&self.q, x)?, self.heads)?;
-        let k = split(dense(&self.k, x)?, self.kv_heads)?;
-        let v = split(dense(&self.v, x)?, self.kv_heads)?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let (k, v) = kv.append(&k, &v)?;
-        let rep = self.heads / self.kv_heads;
-        let (k, v) = (repeat_kv(k, rep)?, repeat_kv(v, rep)?);
-        let y = attention(&q, &k, &v, Some(mask), (self.head_dim as f64).powf(-0.5))?;
-        let y = y.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim))?;
-        Ok(dense(&self.o, &y)?)
-    }
-}
-
-struct DecoderLayer {
-    ln1: RmsNorm,
-    attn: Attention,
-    ln2: RmsNorm,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-    act: String,
-}
-
-impl DecoderLayer {
-    fn load(vb: VarBuilder, c: &TextConfig) -> Result<Self> {
-        let (h, i) = (c.hidden_size, c.intermediate_size);
-        need(&vb, "input_layernorm.weight")?;
-        need(&vb, "post_attention_layernorm.weight")?;
-        Ok(Self {
-            ln1: candle_nn::rms_norm(h, c.rms_norm_eps, compute(&vb.pp("input_layernorm")))?,
-            attn: Attention::load(vb.pp("self_attn"), c)?,
-            ln2: candle_nn::rms_norm(h, c.rms_norm_eps, compute(&vb.pp("post_attention_layernorm")))?,
-            gate: linear(vb.pp("mlp.gate_proj"), h, i, false)?,
-            up: linear(vb.pp("mlp.up_proj"), h, i, false)?,
-            down: linear(vb.pp("mlp.down_proj"), i, h, false)?,
-            act: c.hidden_act.clone(),
-        })
-    }
-
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor, kv: &mut KvBuffer) -> Result<Tensor> {
-        let h = (x + self.attn.forward(&self.ln1.forward(x)?, cos, sin, mask, kv)?)?;
-        let n = self.ln2.forward(&h)?;
-        let m = dense(&self.down, &(act(&self.act, &dense(&self.gate, &n)?)? * dense(&self.up, &n)?)?)?;
-        Ok((h + m)?)
-    }
-}
 
 /// `Qwen2VLTextModel` plus `lm_head`.
 pub struct TextModel {
@@ -120,21 +43,18 @@ impl TextModel {
     pub fn load(model: VarBuilder, lm_head: VarBuilder, c: &TextConfig, dtype: DType) -> Result<Self> {
         need(&model, "embed_tokens.weight")?;
         let embed = candle_nn::embedding(c.vocab_size, c.hidden_size, model.pp("embed_tokens"))?;
-        let layers = (0..c.num_hidden_layers)
-            .map(|i| DecoderLayer::load(model.pp(format!("layers.{i}")), c))
-            .collect::<Result<_>>()?;
-        need(&model, "norm.weight")?;
-        let norm = candle_nn::rms_norm(c.hidden_size, c.rms_norm_eps, compute(&model.pp("norm")))?;
-        let lm_head = if lm_head.contains_tensor("weight") {
-            linear(lm_head, c.hidden_size, c.vocab_size, false)?
-        } else if c.tie_word_embeddings {
-            Linear::new(embed.embeddings().clone(), None)
-        } else {
-            return Err(ModelError::Load("missing weight lm_head.weight (and tie_word_embeddings is false)".into()));
+        // Attention with q/k/v biases and no o bias, no MLP bias.
+        let heads = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let shape = DecoderShape {
+            qkv_bias: true,
+            ..DecoderShape::new(c.hidden_size, c.intermediate_size, heads, c.rms_norm_eps, &c.hidden_act)
         };
-        // The default rope: 1 / base^(arange(0, dim, 2) / dim), in f32.
-        let hd = c.head_dim;
-        let inv_freq = (0..hd).step_by(2).map(|i| 1.0 / (c.rope_theta as f32).powf(i as f32 / hd as f32)).collect();
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| DecoderLayer::load(model.pp(format!("layers.{i}")), &shape))
+            .collect::<Result<_>>()?;
+        let norm = rms_norm(model.pp("norm"), c.hidden_size, c.rms_norm_eps)?;
+        let lm_head = layers::lm_head(lm_head, embed.embeddings(), c.hidden_size, c.vocab_size, c.tie_word_embeddings)?;
+        let inv_freq = default_inv_freq(c.rope_theta, c.head_dim);
         let section_of = c.mrope_section.iter().enumerate().flat_map(|(s, &n)| std::iter::repeat_n(s, n)).collect();
         Ok(Self { embed, layers, norm, lm_head, inv_freq, section_of, max_positions: c.max_position_embeddings, dtype })
     }
@@ -178,23 +98,16 @@ impl TextModel {
             )));
         }
         // The prompt must fit the context; decode steps are bounded by each row's budget.
-        let needed = n - pads.iter().copied().min().unwrap_or(0);
-        if cache.len == 0 && needed > self.max_positions {
-            return Err(ModelError::Input(format!(
-                "the sequence needs {needed} positions, more than the model's context of {} (max_position_embeddings)",
-                self.max_positions
-            )));
-        }
+        check_context(pads, b, cache.len, n, self.max_positions)?;
         let dev = embeds.device();
         let (cos, sin) = self.mrope(positions, b, n, dev)?;
         let mask = padded_causal_mask(pads, cache.len, n, DType::F32, dev)?;
         let mut x = embeds.to_dtype(self.dtype)?;
         for (layer, kv) in self.layers.iter().zip(cache.kvs.iter_mut()) {
-            x = layer.forward(&x, &cos, &sin, &mask, kv)?;
+            x = layer.forward(&x, (&cos, &sin), &mask, kv)?;
         }
         cache.len += n;
-        let last = self.norm.forward(&x.i((.., n - 1..n, ..))?)?;
-        Ok(dense(&self.lm_head, &last)?.squeeze(1)?.to_dtype(DType::F32)?)
+        Ok(last_logits(&self.norm, &self.lm_head, &x)?)
     }
 }
 

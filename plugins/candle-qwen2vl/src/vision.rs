@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 use vlm_core::attention::attention;
 use vlm_core::kernels::{act, dense};
+use vlm_core::layers;
 use vlm_core::precision::{compute, linear};
 use vlm_core::weights::need;
 use vlm_core::{ModelError, Result};
@@ -25,8 +26,7 @@ use crate::config::VisionConfig;
 const LN_EPS: f64 = 1e-6;
 
 fn layer_norm(vb: VarBuilder, dim: usize) -> Result<LayerNorm> {
-    need(&vb, "weight")?;
-    Ok(candle_nn::layer_norm(dim, LN_EPS, compute(&vb))?)
+    layers::layer_norm(vb, dim, LN_EPS)
 }
 
 struct Block {

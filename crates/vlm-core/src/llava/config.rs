@@ -22,7 +22,7 @@ use serde_json::Value;
 
 pub use crate::config_json::ConfigError;
 pub use crate::config_json::read_json;
-use crate::config_json::{field, invalid, parse_ids};
+use crate::config_json::{self, field, invalid, parse_ids};
 
 /// The Llama text model, with `LlamaConfig`'s defaults for missing fields.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,15 +172,11 @@ impl ModelConfig {
 
 /// `model_type`: `llava` or `llava_next`.
 fn model_type(v: &Value, path: &Path) -> Result<ModelType, ConfigError> {
-    match v.get("model_type").and_then(Value::as_str) {
-        Some("llava") => Ok(ModelType::Llava),
-        Some("llava_next") => Ok(ModelType::LlavaNext),
-        Some(other) => Err(invalid(
-            path,
-            format!("model_type is {other:?}, not \"llava\" (arch llava_hf) or \"llava_next\" (arch llava_next)"),
-        )),
-        None => Err(invalid(path, "no model_type: not an HF-format LLaVA config")),
-    }
+    let accepted = [("llava", "llava_hf"), ("llava_next", "llava_next")];
+    Ok(match config_json::model_type(v, path, &accepted, "an HF-format LLaVA config")? {
+        0 => ModelType::Llava,
+        _ => ModelType::LlavaNext,
+    })
 }
 
 pub fn text_config(v: &Value, path: &Path) -> Result<TextConfig, ConfigError> {

@@ -15,6 +15,7 @@ use std::path::Path;
 
 use vlsbench_plugin_api::{BackendError, GenerateRequest};
 
+use crate::checkpoint::require_dir;
 use crate::request::image_paths;
 use crate::template::ChatTemplate;
 use crate::tokenizer::PromptTokenizer;
@@ -65,9 +66,7 @@ pub struct LlavaHfInputs {
 impl LlavaHfInputs {
     /// Reads `dir`'s files; the model type must be `llava` and the image processor CLIP's.
     pub fn from_dir(dir: &Path) -> Result<Self, BackendError> {
-        if !dir.is_dir() {
-            return Err(BackendError::bad_config(format!("checkpoint {} is not a directory", dir.display())));
-        }
+        require_dir(dir)?;
         let bad = |e: &dyn std::fmt::Display| BackendError::bad_config(e.to_string());
         let config = ModelConfig::from_dir(dir).map_err(|e| bad(&e))?;
         if config.model_type != ModelType::Llava {

@@ -18,7 +18,9 @@
 use std::path::{Path, PathBuf};
 
 pub use crate::config_json::{ConfigError, parse_ids, read_json};
-use crate::config_json::{channels, field, image_processor_json, invalid, size};
+use crate::config_json::{
+    Heads, channels, check_processor_type, field, heads, image_processor_json, image_std, invalid, model_type, size,
+};
 use serde_json::Value;
 
 /// The Qwen2 text model (`Qwen2VLTextConfig`'s defaults for missing fields).
@@ -91,13 +93,7 @@ impl Qwen2VlConfig {
     }
 
     pub fn from_value(v: &Value, path: &Path) -> Result<Self, ConfigError> {
-        match v.get("model_type").and_then(Value::as_str) {
-            Some("qwen2_vl") => {}
-            Some(other) => {
-                return Err(invalid(path, format!("model_type is {other:?}, not \"qwen2_vl\" (arch qwen2vl)")));
-            }
-            None => return Err(invalid(path, "no model_type: not a Qwen2-VL config")),
-        }
+        model_type(v, path, &[("qwen2_vl", "qwen2vl")], "a Qwen2-VL config")?;
         // Today's layout nests the text model; the 2024 one keeps it at the top level (transformers
         // builds Qwen2VLTextConfig from every top-level key then).
         let (text_obj, ctx) = match v.get("text_config") {
@@ -136,16 +132,7 @@ impl Qwen2VlConfig {
 }
 
 fn text_config(v: &Value, path: &Path, ctx: &str) -> Result<TextConfig, ConfigError> {
-    let hidden_size = size(v, "hidden_size", 8192, path, ctx)?;
-    let num_attention_heads = size(v, "num_attention_heads", 64, path, ctx)?;
-    if hidden_size % num_attention_heads != 0 {
-        return Err(invalid(path, format!("{ctx}hidden_size is not a multiple of num_attention_heads")));
-    }
-    let num_key_value_heads = size(v, "num_key_value_heads", 8, path, ctx)?;
-    if num_attention_heads % num_key_value_heads != 0 {
-        return Err(invalid(path, format!("{ctx}num_attention_heads is not a multiple of num_key_value_heads")));
-    }
-    let head_dim = hidden_size / num_attention_heads;
+    let Heads { hidden_size, num_attention_heads, num_key_value_heads, head_dim } = heads(v, path, ctx, [8192, 64, 8])?;
     if field::<bool>(v, "use_sliding_window", path, ctx)?.unwrap_or(false) {
         return Err(invalid(path, format!("{ctx}use_sliding_window: sliding-window attention is not supported")));
     }
@@ -261,11 +248,7 @@ impl ImageProcessorConfig {
     }
 
     pub fn from_value(v: &Value, path: &Path, ctx: &str) -> Result<Self, ConfigError> {
-        if let Some(t) = v.get("image_processor_type").and_then(Value::as_str)
-            && !t.starts_with("Qwen2VLImageProcessor")
-        {
-            return Err(invalid(path, format!("{ctx}image_processor_type {t:?} is not Qwen2VLImageProcessor")));
-        }
+        check_processor_type(v, "Qwen2VLImageProcessor", path, ctx)?;
         // Pixel bounds: `min_pixels`/`max_pixels` (they win, as in transformers), else `size` as
         // {shortest_edge, longest_edge} (5.x) or {min_pixels, max_pixels} (4.x), else the defaults.
         let size_obj = v.get("size").filter(|s| s.is_object());
@@ -287,10 +270,7 @@ impl ImageProcessorConfig {
         if min_pixels > max_pixels || max_pixels == 0 {
             return Err(invalid(path, format!("{ctx}min_pixels {min_pixels} / max_pixels {max_pixels}: not a range")));
         }
-        let image_std = channels(v, "image_std", CLIP_STD, path, ctx)?;
-        if image_std.contains(&0.0) {
-            return Err(invalid(path, format!("{ctx}image_std: a zero standard deviation")));
-        }
+        let image_std = image_std(v, CLIP_STD, path, ctx)?;
         Ok(Self {
             min_pixels,
             max_pixels,

@@ -16,7 +16,8 @@ use std::path::Path;
 
 use vlsbench_plugin_api::{BackendError, ChatMessage, GenerateRequest};
 
-use crate::generation::{GenerationDefaults, OtherProcessors};
+use crate::checkpoint::{ImageToken, eos_and_penalty, prompt_files, require_dir};
+use crate::generation::OtherProcessors;
 use crate::request::image_paths;
 use crate::template::ChatTemplate;
 use crate::tokenizer::{PromptTokenizer, clean_up_tokenization, expand_image_tokens, python_strip};
@@ -43,28 +44,14 @@ impl Qwen2VlInputs {
     /// `generation_config.json`; an inconsistent pair (patch geometry, image token id) is a
     /// `bad_config` naming the folder.
     pub fn from_dir(dir: &Path) -> Result<Self, BackendError> {
-        if !dir.is_dir() {
-            return Err(BackendError::bad_config(format!("checkpoint {} is not a directory", dir.display())));
-        }
+        require_dir(dir)?;
         let bad = |e: &dyn std::fmt::Display| BackendError::bad_config(e.to_string());
         let config = Qwen2VlConfig::from_dir(dir).map_err(|e| bad(&e))?;
         let processor = ImageProcessorConfig::from_dir(dir).map_err(|e| bad(&e))?;
         processor.check_against(&config.vision).map_err(|e| bad(&e))?;
-        let template = ChatTemplate::from_dir(dir).map_err(|e| bad(&e))?;
-        let tokenizer = PromptTokenizer::from_dir(dir).map_err(|e| bad(&e))?;
-        match tokenizer.token_id(IMAGE_TOKEN) {
-            Some(id) if id == config.image_token_id => {}
-            other => {
-                return Err(BackendError::bad_config(format!(
-                    "{}: the tokenizer's {IMAGE_TOKEN} is {other:?}, config.json's image_token_id {}",
-                    dir.display(),
-                    config.image_token_id
-                )));
-            }
-        }
-        let generation = GenerationDefaults::from_dir(dir, OtherProcessors::Ignore).map_err(|e| bad(&e))?;
-        let eos = generation.eos_token_ids.unwrap_or_else(|| config.text.eos_token_ids.clone());
-        let repetition_penalty = generation.repetition_penalty as f32;
+        let image_token = ImageToken { text: IMAGE_TOKEN, id: config.image_token_id, config_key: "image_token_id" };
+        let (template, tokenizer) = prompt_files(dir, image_token)?;
+        let (eos, repetition_penalty) = eos_and_penalty(dir, OtherProcessors::Ignore, &config.text.eos_token_ids)?;
         Ok(Self { config, processor, template, tokenizer, eos, repetition_penalty })
     }
 
